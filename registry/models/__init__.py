@@ -1,0 +1,46 @@
+from registry.models.clinical import (
+    AdverseEvent,
+    Cycle,
+    Diagnosis,
+    DrugAdministration,
+    FollowUp,
+    LabResult,
+    Patient,
+    RecordStatus,
+    TreatmentLine,
+)
+from registry.models.organisation import Department, Membership, Role, Site
+from registry.models.terminology import (
+    Concept,
+    ConceptSynonym,
+    Domain,
+    MappingStatus,
+    SiteTerm,
+    TermMapping,
+    UnitConversion,
+    Vocabulary,
+)
+
+__all__ = [
+    "AdverseEvent",
+    "Concept",
+    "ConceptSynonym",
+    "Cycle",
+    "Department",
+    "Diagnosis",
+    "Domain",
+    "DrugAdministration",
+    "FollowUp",
+    "LabResult",
+    "MappingStatus",
+    "Membership",
+    "Patient",
+    "RecordStatus",
+    "Role",
+    "Site",
+    "SiteTerm",
+    "TermMapping",
+    "TreatmentLine",
+    "UnitConversion",
+    "Vocabulary",
+]

@@ -1,0 +1,502 @@
+"""Writes of the clinical record. Each is one transaction, checks the acting user's role at the
+row's site, validates everything before writing, and leaves an audit row with user and reason.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from decimal import Decimal, InvalidOperation
+
+from django.contrib.auth.models import User
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from registry.audit import audited_save
+from registry.errors import ErrorCollector, ValidationFailed
+from registry.models import (
+    AdverseEvent,
+    Cycle,
+    Department,
+    Diagnosis,
+    Domain,
+    DrugAdministration,
+    FollowUp,
+    LabResult,
+    Patient,
+    Role,
+    Site,
+    TreatmentLine,
+)
+from registry.pseudonyms import hospital_number_hash
+from registry.services.organisation import require_site_role
+from registry.services.terminology import convert_to_canonical, term_resolve
+
+DATA_ENTRY_ROLES = (Role.CLERK, Role.MONITOR)
+
+_LAB_VALUE = re.compile(r"^\s*(<=|>=|≤|≥|<|>)?\s*([-+]?\d+(?:\.\d+)?)\s*$")
+
+
+def _today() -> dt.date:
+    return timezone.localdate()
+
+
+def _check_not_future(errors: ErrorCollector, field: str, value: dt.date | None) -> None:
+    if value is not None and value > _today():
+        errors.add(field, f"{value.isoformat()} is in the future.")
+
+
+def _death_date(patient: Patient) -> dt.date | None:
+    return (
+        FollowUp.objects.filter(patient=patient, vital_status=FollowUp.VitalStatus.DEAD)
+        .order_by("followup_date")
+        .values_list("followup_date", flat=True)
+        .first()
+    )
+
+
+def _check_alive_on(errors: ErrorCollector, patient: Patient, field: str, day: dt.date) -> None:
+    death = _death_date(patient)
+    if death is not None and day > death:
+        errors.add(field, f"{day.isoformat()} is after the patient's death on {death.isoformat()}.")
+
+
+def _save(obj, *, acting_user: User, reason: str):
+    """Save, turning a natural-key collision into a clear error."""
+    try:
+        with transaction.atomic():
+            return audited_save(obj, acting_user=acting_user, reason=reason)
+    except IntegrityError as exc:
+        raise ValidationFailed(
+            f"This {obj._meta.verbose_name} already exists (same natural key) or breaks a "
+            f"database rule: {exc.__cause__ or exc}"
+        ) from exc
+
+
+def patient_register(
+    *,
+    site: Site,
+    patient_no: str,
+    sex: str,
+    birth_year: int,
+    department: Department | None = None,
+    consent_scope: str = Patient.ConsentScope.ACADEMIC,
+    consent_date: dt.date | None = None,
+    acting_user: User,
+    reason: str = "patient registered",
+) -> Patient:
+    """Enrol a patient at `site`. The hospital number is stored only as a keyed hash, and the
+    same number twice at one site is refused."""
+    require_site_role(acting_user, site, DATA_ENTRY_ROLES)
+    errors = ErrorCollector()
+    if not (patient_no or "").strip():
+        errors.add("patient_no", "The hospital patient number is required.")
+    if sex not in Patient.Sex.values:
+        errors.add("sex", f"Sex must be M or F, not {sex!r}.")
+    if not isinstance(birth_year, int) or not 1900 <= birth_year <= _today().year:
+        errors.add("birth_year", f"Birth year {birth_year!r} is not between 1900 and this year.")
+    if consent_scope not in Patient.ConsentScope.values:
+        errors.add("consent_scope", f"Unknown consent scope {consent_scope!r}.")
+    if department is not None and department.site_id != site.id:
+        errors.add("department", f"Department {department.name} is not at site {site.code}.")
+    _check_not_future(errors, "consent_date", consent_date)
+    errors.raise_if_any()
+    number_hash = hospital_number_hash(site.code, patient_no)
+    if Patient.objects.filter(site=site, hospital_number_hash=number_hash).exists():
+        raise ValidationFailed(
+            f"A patient with this hospital number is already registered at {site.code}.",
+            field="patient_no",
+        )
+    with transaction.atomic():
+        return _save(
+            Patient(site=site, department=department, hospital_number_hash=number_hash, sex=sex,
+                    birth_year=birth_year, consent_scope=consent_scope,
+                    consent_date=consent_date),
+            acting_user=acting_user, reason=reason,
+        )
+
+
+def patient_withdraw(
+    *, patient: Patient, withdrawn_date: dt.date, acting_user: User, reason: str
+) -> Patient:
+    """Record the patient's withdrawal of consent; releases built after it leave them out."""
+    require_site_role(acting_user, patient.site, DATA_ENTRY_ROLES)
+    errors = ErrorCollector()
+    _check_not_future(errors, "withdrawn_date", withdrawn_date)
+    errors.raise_if_any()
+    with transaction.atomic():
+        patient = Patient.objects.select_for_update().get(pk=patient.pk)
+        patient.withdrawn_date = withdrawn_date
+        patient.version += 1
+        return _save(patient, acting_user=acting_user, reason=reason)
+
+
+def diagnosis_record(
+    *,
+    patient: Patient,
+    diagnosis_date: dt.date,
+    cancer: str,
+    morphology: str = "",
+    stage_system: str = "",
+    stage_group: str = "",
+    t: str = "",
+    n: str = "",
+    m: str = "",
+    ecog: int | None = None,
+    biomarkers: dict | None = None,
+    acting_user: User,
+    reason: str = "diagnosis recorded",
+) -> Diagnosis:
+    require_site_role(acting_user, patient.site, DATA_ENTRY_ROLES)
+    errors = ErrorCollector()
+    if not (cancer or "").strip():
+        errors.add("cancer", "The cancer (local word or ICD-10 code) is required.")
+    _check_not_future(errors, "diagnosis_date", diagnosis_date)
+    if diagnosis_date.year < patient.birth_year:
+        errors.add("diagnosis_date", "The diagnosis is dated before the patient's birth year.")
+    _check_alive_on(errors, patient, "diagnosis_date", diagnosis_date)
+    if ecog is not None and not 0 <= ecog <= 4:
+        errors.add("ecog", f"ECOG must be 0-4, not {ecog}.")
+    errors.raise_if_any()
+    with transaction.atomic():
+        site = patient.site
+        cancer_term, cancer_concept = term_resolve(
+            site=site, domain=Domain.CONDITION, text=cancer, acting_user=acting_user
+        )
+        morphology_term = morphology_concept = None
+        if (morphology or "").strip():
+            morphology_term, morphology_concept = term_resolve(
+                site=site, domain=Domain.MORPHOLOGY, text=morphology, acting_user=acting_user
+            )
+        return _save(
+            Diagnosis(
+                site=site, patient=patient, diagnosis_date=diagnosis_date,
+                cancer_term=cancer_term, cancer=cancer_concept,
+                morphology_term=morphology_term, morphology=morphology_concept,
+                stage_system=stage_system, stage_group=stage_group, t=t, n=n, m=m, ecog=ecog,
+                biomarkers=biomarkers or {},
+            ),
+            acting_user=acting_user, reason=reason,
+        )
+
+
+def treatment_line_record(
+    *,
+    patient: Patient,
+    line_no: int,
+    start_date: dt.date,
+    regimen: str = "",
+    intent: str = "",
+    end_date: dt.date | None = None,
+    acting_user: User,
+    reason: str = "treatment line recorded",
+) -> TreatmentLine:
+    require_site_role(acting_user, patient.site, DATA_ENTRY_ROLES)
+    errors = ErrorCollector()
+    if line_no < 1:
+        errors.add("line_no", "Line numbers start at 1.")
+    if intent and intent not in TreatmentLine.Intent.values:
+        errors.add("intent", f"Unknown intent {intent!r}.")
+    _check_not_future(errors, "start_date", start_date)
+    if end_date is not None and end_date < start_date:
+        errors.add("end_date", "The line ends before it starts.")
+    _check_after_diagnosis(errors, patient, "start_date", start_date)
+    _check_alive_on(errors, patient, "start_date", start_date)
+    if TreatmentLine.objects.filter(patient=patient, line_no=line_no).exists():
+        errors.add("line_no", f"Line {line_no} is already recorded for this patient.")
+    errors.raise_if_any()
+    with transaction.atomic():
+        regimen_term = regimen_concept = None
+        if (regimen or "").strip():
+            regimen_term, regimen_concept = term_resolve(
+                site=patient.site, domain=Domain.REGIMEN, text=regimen, acting_user=acting_user
+            )
+        return _save(
+            TreatmentLine(site=patient.site, patient=patient, line_no=line_no,
+                          regimen_term=regimen_term, regimen=regimen_concept, intent=intent,
+                          start_date=start_date, end_date=end_date),
+            acting_user=acting_user, reason=reason,
+        )
+
+
+def _check_after_diagnosis(
+    errors: ErrorCollector, patient: Patient, field: str, day: dt.date
+) -> None:
+    first = (
+        Diagnosis.objects.filter(patient=patient)
+        .order_by("diagnosis_date")
+        .values_list("diagnosis_date", flat=True)
+        .first()
+    )
+    if first is None:
+        errors.add(field, "Record the diagnosis before the treatment.")
+    elif day < first:
+        errors.add(field, f"{day.isoformat()} is before the diagnosis on {first.isoformat()}.")
+
+
+def cycle_record(
+    *,
+    line: TreatmentLine,
+    cycle_no: int,
+    start_date: dt.date,
+    length_days: int | None = None,
+    bsa_m2: Decimal | None = None,
+    acting_user: User,
+    reason: str = "cycle recorded",
+) -> Cycle:
+    patient = line.patient
+    require_site_role(acting_user, patient.site, DATA_ENTRY_ROLES)
+    errors = ErrorCollector()
+    if cycle_no < 1:
+        errors.add("cycle_no", "Cycle numbers start at 1.")
+    _check_not_future(errors, "start_date", start_date)
+    _check_after_diagnosis(errors, patient, "start_date", start_date)
+    if start_date < line.start_date:
+        errors.add("start_date", f"The cycle starts before its line ({line.start_date}).")
+    _check_alive_on(errors, patient, "start_date", start_date)
+    if bsa_m2 is not None and not Decimal("0.5") <= Decimal(bsa_m2) <= Decimal("3.5"):
+        errors.add("bsa_m2", f"A body surface area of {bsa_m2} m² is not plausible.")
+    if Cycle.objects.filter(line=line, cycle_no=cycle_no).exists():
+        errors.add("cycle_no", f"Cycle {cycle_no} of line {line.line_no} is already recorded.")
+    errors.raise_if_any()
+    return _save(
+        Cycle(site=patient.site, patient=patient, line=line, cycle_no=cycle_no,
+              start_date=start_date, length_days=length_days, bsa_m2=bsa_m2),
+        acting_user=acting_user, reason=reason,
+    )
+
+
+def drug_administration_record(
+    *,
+    cycle: Cycle,
+    drug: str,
+    day: int = 1,
+    dose: Decimal | str | None = None,
+    dose_unit: str = "",
+    route: str = "",
+    purpose: str = DrugAdministration.Purpose.ANTINEOPLASTIC,
+    acting_user: User,
+    reason: str = "drug administration recorded",
+) -> DrugAdministration:
+    patient = cycle.patient
+    require_site_role(acting_user, patient.site, DATA_ENTRY_ROLES)
+    errors = ErrorCollector()
+    if not (drug or "").strip():
+        errors.add("drug", "The drug is required.")
+    if day < 1:
+        errors.add("day", "Days of a cycle start at 1.")
+    parsed_dose = None
+    if dose not in (None, ""):
+        try:
+            parsed_dose = Decimal(str(dose))
+        except InvalidOperation:
+            errors.add("dose", f"The dose {dose!r} is not a number.")
+        else:
+            if parsed_dose <= 0:
+                errors.add("dose", f"The dose must be positive, not {dose}.")
+        if not dose_unit:
+            errors.add("dose_unit", "A dose needs its unit.")
+    if dose_unit and dose_unit not in DrugAdministration.DoseUnit.values:
+        errors.add("dose_unit", f"Unknown dose unit {dose_unit!r}; use one of "
+                                f"{', '.join(DrugAdministration.DoseUnit.values)}.")
+    if route and route not in DrugAdministration.Route.values:
+        errors.add("route", f"Unknown route {route!r}.")
+    if purpose not in DrugAdministration.Purpose.values:
+        errors.add("purpose", f"Unknown purpose {purpose!r}.")
+    errors.raise_if_any()
+    with transaction.atomic():
+        drug_term, drug_concept = term_resolve(
+            site=patient.site, domain=Domain.DRUG, text=drug, acting_user=acting_user
+        )
+        if DrugAdministration.objects.filter(cycle=cycle, day=day, drug_term=drug_term).exists():
+            raise ValidationFailed(
+                f"{drug} on day {day} of this cycle is already recorded.", field="drug"
+            )
+        return _save(
+            DrugAdministration(site=patient.site, patient=patient, cycle=cycle, day=day,
+                               drug_term=drug_term, drug=drug_concept, dose=parsed_dose,
+                               dose_unit=dose_unit, route=route, purpose=purpose),
+            acting_user=acting_user, reason=reason,
+        )
+
+
+def adverse_event_record(
+    *,
+    patient: Patient,
+    term: str,
+    grade: int,
+    onset_date: dt.date,
+    resolved_date: dt.date | None = None,
+    serious: bool = False,
+    cycle: Cycle | None = None,
+    ctcae_version: str = "5.0",
+    acting_user: User,
+    reason: str = "adverse event recorded",
+) -> AdverseEvent:
+    """Record a CTCAE-graded adverse event. A grade the term does not define (Nausea grade 4,
+    Febrile neutropenia grade 1) is refused once the term is mapped; 1-5 always."""
+    require_site_role(acting_user, patient.site, DATA_ENTRY_ROLES)
+    errors = ErrorCollector()
+    if not (term or "").strip():
+        errors.add("term", "The adverse event term is required.")
+    if not isinstance(grade, int) or not 1 <= grade <= 5:
+        errors.add("grade", f"CTCAE grades are 1-5, not {grade!r}.")
+    _check_not_future(errors, "onset_date", onset_date)
+    if resolved_date is not None and resolved_date < onset_date:
+        errors.add("resolved_date", "The event resolves before its onset.")
+    _check_alive_on(errors, patient, "onset_date", onset_date)
+    if cycle is not None and cycle.patient_id != patient.id:
+        errors.add("cycle", "The linked cycle belongs to another patient.")
+    errors.raise_if_any()
+    with transaction.atomic():
+        ae_term, ae_concept = term_resolve(
+            site=patient.site, domain=Domain.ADVERSE_EVENT, text=term, acting_user=acting_user
+        )
+        if ae_concept is not None and grade not in ae_concept.allowed_grades():
+            allowed = ", ".join(str(g) for g in sorted(ae_concept.allowed_grades()))
+            raise ValidationFailed(
+                f"Grade {grade} is not defined for {ae_concept.name_en} in CTCAE "
+                f"{ctcae_version} (allowed: {allowed}).",
+                field="grade",
+            )
+        if AdverseEvent.objects.filter(
+            patient=patient, ae_term=ae_term, onset_date=onset_date
+        ).exists():
+            raise ValidationFailed(
+                f"{term} with onset {onset_date.isoformat()} is already recorded.", field="term"
+            )
+        return _save(
+            AdverseEvent(site=patient.site, patient=patient, ae_term=ae_term, ae=ae_concept,
+                         ctcae_version=ctcae_version, grade=grade, onset_date=onset_date,
+                         resolved_date=resolved_date, serious=serious, cycle=cycle),
+            acting_user=acting_user, reason=reason,
+        )
+
+
+def lab_value_parse(text: str) -> tuple[str, float]:
+    """'<0.5' -> ('<', 0.5). Censored values are data, kept as comparator and number."""
+    match = _LAB_VALUE.match(text or "")
+    if not match:
+        raise ValidationFailed(f"The lab value {text!r} is not a number (like 1.2 or <0.5).",
+                               field="value")
+    comparator = {"≤": "<=", "≥": ">="}.get(match.group(1) or "", match.group(1) or "")
+    return comparator, float(match.group(2))
+
+
+def lab_result_record(
+    *,
+    patient: Patient,
+    test: str,
+    collected_date: dt.date,
+    value: str,
+    unit: str = "",
+    cycle: Cycle | None = None,
+    acting_user: User,
+    reason: str = "lab result recorded",
+) -> LabResult:
+    """Record a lab value as entered, and in the lab's canonical unit when the unit converts.
+
+    A unit that is missing, not yet mapped or not convertible is flagged on the row; the
+    canonical value then stays empty rather than being stored in the wrong unit.
+    """
+    require_site_role(acting_user, patient.site, DATA_ENTRY_ROLES)
+    errors = ErrorCollector()
+    if not (test or "").strip():
+        errors.add("test", "The lab test is required.")
+    comparator, number = "", None
+    try:
+        comparator, number = lab_value_parse(value)
+    except ValidationFailed as exc:
+        errors.add("value", exc.errors["value"][0])
+    _check_not_future(errors, "collected_date", collected_date)
+    if cycle is not None and cycle.patient_id != patient.id:
+        errors.add("cycle", "The linked cycle belongs to another patient.")
+    errors.raise_if_any()
+    with transaction.atomic():
+        site = patient.site
+        test_term, lab = term_resolve(
+            site=site, domain=Domain.LAB, text=test, acting_user=acting_user
+        )
+        unit_term = unit_concept = canonical_unit = None
+        value_canonical = None
+        if not (unit or "").strip():
+            flag = LabResult.UnitFlag.MISSING
+        else:
+            unit_term, unit_concept = term_resolve(
+                site=site, domain=Domain.UNIT, text=unit, acting_user=acting_user
+            )
+            if unit_concept is None or lab is None:
+                flag = LabResult.UnitFlag.UNMAPPED
+            else:
+                value_canonical, canonical_unit = convert_to_canonical(
+                    lab=lab, unit=unit_concept, value=number
+                )
+                flag = (LabResult.UnitFlag.OK if value_canonical is not None
+                        else LabResult.UnitFlag.UNCONVERTIBLE)
+                if value_canonical is None:
+                    canonical_unit = None
+        if LabResult.objects.filter(
+            patient=patient, test_term=test_term, collected_date=collected_date
+        ).exists():
+            raise ValidationFailed(
+                f"{test} collected on {collected_date.isoformat()} is already recorded.",
+                field="test",
+            )
+        return _save(
+            LabResult(site=site, patient=patient, test_term=test_term, lab=lab,
+                      collected_date=collected_date, value_text=value.strip(),
+                      comparator=comparator, value=number, unit_term=unit_term,
+                      unit=unit_concept, value_canonical=value_canonical,
+                      canonical_unit=canonical_unit, unit_flag=flag, cycle=cycle),
+            acting_user=acting_user, reason=reason,
+        )
+
+
+def followup_record(
+    *,
+    patient: Patient,
+    followup_date: dt.date,
+    vital_status: str,
+    progression: bool | None = None,
+    progression_date: dt.date | None = None,
+    ecog: int | None = None,
+    cause_of_death: str = "",
+    acting_user: User,
+    reason: str = "follow-up recorded",
+) -> FollowUp:
+    require_site_role(acting_user, patient.site, DATA_ENTRY_ROLES)
+    errors = ErrorCollector()
+    if vital_status not in FollowUp.VitalStatus.values:
+        errors.add("vital_status", f"Vital status must be alive, dead or lost, not "
+                                   f"{vital_status!r}.")
+    _check_not_future(errors, "followup_date", followup_date)
+    if progression_date is not None and progression_date > followup_date:
+        errors.add("progression_date", "Progression is dated after the follow-up visit.")
+    if ecog is not None and not 0 <= ecog <= 4:
+        errors.add("ecog", f"ECOG must be 0-4, not {ecog}.")
+    if cause_of_death and vital_status != FollowUp.VitalStatus.DEAD:
+        errors.add("cause_of_death", "A cause of death needs the vital status 'dead'.")
+    _check_alive_on(errors, patient, "followup_date", followup_date)
+    if vital_status == FollowUp.VitalStatus.DEAD:
+        last_event = max(
+            [d for d in (
+                Diagnosis.objects.filter(patient=patient).order_by("-diagnosis_date")
+                .values_list("diagnosis_date", flat=True).first(),
+                Cycle.objects.filter(patient=patient).order_by("-start_date")
+                .values_list("start_date", flat=True).first(),
+            ) if d is not None],
+            default=None,
+        )
+        if last_event is not None and followup_date < last_event:
+            errors.add("followup_date", f"Death on {followup_date.isoformat()} is before a "
+                                        f"recorded event on {last_event.isoformat()}.")
+    if FollowUp.objects.filter(patient=patient, followup_date=followup_date).exists():
+        errors.add("followup_date", f"A follow-up on {followup_date.isoformat()} is already "
+                                    "recorded.")
+    errors.raise_if_any()
+    return _save(
+        FollowUp(site=patient.site, patient=patient, followup_date=followup_date,
+                 vital_status=vital_status, progression=progression,
+                 progression_date=progression_date, ecog=ecog, cause_of_death=cause_of_death),
+        acting_user=acting_user, reason=reason,
+    )

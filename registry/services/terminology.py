@@ -1,0 +1,228 @@
+"""Site terms, their mappings to concepts, and the starter vocabulary."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from django.contrib.auth.models import User
+from django.db import transaction
+from django.utils import timezone
+
+from registry.audit import audited_save
+from registry.errors import ValidationFailed
+from registry.models import (
+    Concept,
+    ConceptSynonym,
+    Domain,
+    MappingStatus,
+    Site,
+    SiteTerm,
+    TermMapping,
+    UnitConversion,
+    Vocabulary,
+)
+from registry.textnorm import normalise_term, normalise_unit
+
+STARTER_VOCABULARY = Path(__file__).resolve().parent.parent / "data" / "starter_vocabulary.json"
+
+
+def _normalise(domain: str, text: str) -> str:
+    return normalise_unit(text) if domain == Domain.UNIT else normalise_term(text)
+
+
+def site_term_get_or_create(
+    *, site: Site, domain: str, text: str, acting_user: User | None
+) -> SiteTerm:
+    """The site's term for `text` in `domain`, created (audited) on first use."""
+    if domain not in Domain.values:
+        raise ValidationFailed(f"Unknown terminology domain {domain!r}.", field="domain")
+    text = (text or "").strip()
+    if not text:
+        raise ValidationFailed("The term is empty.", field=domain)
+    if len(text) > 500:
+        raise ValidationFailed("The term is longer than 500 characters.", field=domain)
+    term = SiteTerm.objects.filter(site=site, domain=domain, text=text).first()
+    if term is None:
+        with transaction.atomic():
+            term = audited_save(
+                SiteTerm(site=site, domain=domain, text=text, normalised=_normalise(domain, text)),
+                acting_user=acting_user,
+                reason="new local term",
+            )
+    return term
+
+
+def approved_concept(term: SiteTerm | None) -> Concept | None:
+    if term is None:
+        return None
+    mapping = (
+        TermMapping.objects.filter(site_term=term, status=MappingStatus.APPROVED)
+        .select_related("concept", "concept__vocabulary")
+        .first()
+    )
+    return mapping.concept if mapping else None
+
+
+def exact_concept(domain: str, text: str) -> Concept | None:
+    """A concept whose code, English or Chinese name, or synonym equals `text` once normalised.
+
+    Returns None when nothing matches or when the word is ambiguous (matches two concepts).
+    """
+    key = _normalise(domain, text)
+    if not key:
+        return None
+    matches: set[int] = set()
+    for concept in Concept.objects.filter(domain=domain, is_active=True).only(
+        "id", "code", "name_en", "name_zh"
+    ):
+        if key in {_normalise(domain, concept.code), _normalise(domain, concept.name_en),
+                   _normalise(domain, concept.name_zh)}:
+            matches.add(concept.id)
+    for synonym in ConceptSynonym.objects.filter(concept__domain=domain).only("concept_id", "name"):
+        if _normalise(domain, synonym.name) == key:
+            matches.add(synonym.concept_id)
+    if len(matches) != 1:
+        return None
+    return Concept.objects.select_related("vocabulary").get(pk=matches.pop())
+
+
+def mapping_approve(
+    *,
+    site_term: SiteTerm,
+    concept: Concept,
+    acting_user: User | None,
+    method: str = TermMapping.Method.MANUAL,
+    score: float = 1.0,
+    reason: str = "mapping approved",
+) -> TermMapping:
+    """Make `concept` the approved meaning of `site_term` (any other approval is withdrawn)."""
+    if concept.domain != site_term.domain:
+        raise ValidationFailed(
+            f"{concept} is a {concept.domain} concept; the term {site_term.text!r} is a "
+            f"{site_term.domain} term.",
+            field="concept",
+        )
+    with transaction.atomic():
+        for other in TermMapping.objects.select_for_update().filter(
+            site_term=site_term, status=MappingStatus.APPROVED
+        ).exclude(concept=concept):
+            other.status = MappingStatus.REJECTED
+            other.reviewed_by, other.reviewed_at = acting_user, timezone.now()
+            audited_save(other, acting_user=acting_user, reason=f"superseded: {reason}")
+        mapping = TermMapping.objects.filter(site_term=site_term, concept=concept).first()
+        if mapping is None:
+            mapping = TermMapping(site_term=site_term, concept=concept)
+        elif mapping.status == MappingStatus.APPROVED:
+            return mapping
+        mapping.status = MappingStatus.APPROVED
+        mapping.method, mapping.score = method, score
+        mapping.reviewed_by, mapping.reviewed_at = acting_user, timezone.now()
+        audited_save(mapping, acting_user=acting_user, reason=reason)
+    return mapping
+
+
+def term_resolve(
+    *, site: Site, domain: str, text: str, acting_user: User | None
+) -> tuple[SiteTerm, Concept | None]:
+    """The site term for `text` and its concept.
+
+    A word with an approved mapping resolves to it. A word that is exactly a standard code,
+    name or synonym is mapped on first use (method exact). Anything else stays a site term
+    awaiting mapping: the concept is None, and the caller stores the row anyway.
+    """
+    term = site_term_get_or_create(site=site, domain=domain, text=text, acting_user=acting_user)
+    concept = approved_concept(term)
+    if concept is None and not term.mappings.exists():
+        concept = exact_concept(domain, text)
+        if concept is not None:
+            mapping_approve(
+                site_term=term, concept=concept, acting_user=acting_user,
+                method=TermMapping.Method.EXACT, score=1.0, reason="exact match on first use",
+            )
+    return term, concept
+
+
+def convert_to_canonical(
+    *, lab: Concept, unit: Concept, value: float
+) -> tuple[float | None, Concept | None]:
+    """(value in the lab's canonical unit, canonical unit), or (None, canonical) if impossible."""
+    canonical_code = lab.attributes.get("canonical_unit")
+    if not canonical_code:
+        return None, None
+    canonical = Concept.objects.filter(vocabulary__code="UCUM", code=canonical_code).first()
+    if canonical is None:
+        return None, None
+    if unit.pk == canonical.pk:
+        return value, canonical
+    conversion = (
+        UnitConversion.objects.filter(lab=lab, from_unit=unit, to_unit=canonical).first()
+        or UnitConversion.objects.filter(lab__isnull=True, from_unit=unit, to_unit=canonical).first()
+    )
+    if conversion is None:
+        return None, canonical
+    return value * conversion.factor, canonical
+
+
+def starter_vocabulary_load(*, acting_user: User | None = None, path: Path | None = None) -> dict:
+    """Load the starter vocabulary shipped with the registry. Idempotent.
+
+    Concepts are matched on (vocabulary, code); names, attributes and synonyms are brought up
+    to date, nothing is deleted. Returns counts of what was created and updated.
+    """
+    data = json.loads((path or STARTER_VOCABULARY).read_text(encoding="utf-8"))
+    counts = {"vocabularies": 0, "concepts_created": 0, "concepts_updated": 0,
+              "synonyms": 0, "conversions": 0}
+    reason = "starter vocabulary"
+    with transaction.atomic():
+        vocabularies = {}
+        for item in data["vocabularies"]:
+            vocabulary = Vocabulary.objects.filter(code=item["code"]).first()
+            if vocabulary is None:
+                vocabulary = Vocabulary(code=item["code"])
+                counts["vocabularies"] += 1
+            if (vocabulary.pk is None or vocabulary.name != item["name"]
+                    or vocabulary.version != item["version"]):
+                vocabulary.name, vocabulary.version = item["name"], item["version"]
+                audited_save(vocabulary, acting_user=acting_user, reason=reason)
+            vocabularies[item["code"]] = vocabulary
+        concepts: dict[tuple[str, str], Concept] = {}
+        for item in data["concepts"]:
+            wanted = {"domain": item["domain"], "name_en": item["name_en"],
+                      "name_zh": item["name_zh"], "attributes": item["attributes"]}
+            concept = Concept.objects.filter(
+                vocabulary=vocabularies[item["vocabulary"]], code=item["code"]
+            ).first()
+            if concept is None:
+                concept = Concept(vocabulary=vocabularies[item["vocabulary"]], code=item["code"])
+                counts["concepts_created"] += 1
+            elif any(getattr(concept, k) != v for k, v in wanted.items()):
+                counts["concepts_updated"] += 1
+            else:
+                wanted = {}
+            if wanted or concept.pk is None:
+                for key, value in wanted.items():
+                    setattr(concept, key, value)
+                audited_save(concept, acting_user=acting_user, reason=reason)
+            concepts[(item["vocabulary"], item["code"])] = concept
+            present = set(concept.synonyms.values_list("name", flat=True))
+            for name in item["synonyms"]:
+                if name not in present:
+                    language = "zh" if any("\u4e00" <= ch <= "\u9fff" for ch in name) else "en"
+                    audited_save(ConceptSynonym(concept=concept, name=name, language=language),
+                                 acting_user=acting_user, reason=reason)
+                    counts["synonyms"] += 1
+        for item in data["conversions"]:
+            lab = concepts[("LOINC", item["lab"])] if item["lab"] else None
+            from_unit, to_unit = concepts[("UCUM", item["from"])], concepts[("UCUM", item["to"])]
+            conversion = UnitConversion.objects.filter(
+                lab=lab, from_unit=from_unit, to_unit=to_unit
+            ).first()
+            if conversion is None or conversion.factor != item["factor"]:
+                conversion = conversion or UnitConversion(
+                    lab=lab, from_unit=from_unit, to_unit=to_unit
+                )
+                conversion.factor = item["factor"]
+                audited_save(conversion, acting_user=acting_user, reason=reason)
+                counts["conversions"] += 1
+    return counts
