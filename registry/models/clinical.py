@@ -78,7 +78,7 @@ class Patient(SiteOwned):
     history = HistoricalRecords()
 
     class Meta:
-        ordering = ["site", "registry_id"]
+        ordering = ["registry_id"]
         constraints = [
             models.UniqueConstraint(
                 fields=["site", "hospital_number_hash"], name="patient_unique_hospital_number"
@@ -126,7 +126,7 @@ class Diagnosis(SiteOwned):
     history = HistoricalRecords()
 
     class Meta:
-        ordering = ["patient", "diagnosis_date"]
+        ordering = ["patient_id", "diagnosis_date"]
         verbose_name_plural = "diagnoses"
         constraints = [
             models.UniqueConstraint(
@@ -163,7 +163,7 @@ class TreatmentLine(SiteOwned):
     history = HistoricalRecords()
 
     class Meta:
-        ordering = ["patient", "line_no"]
+        ordering = ["patient_id", "line_no"]
         constraints = [
             models.UniqueConstraint(fields=["patient", "line_no"], name="line_natural_key"),
             models.CheckConstraint(condition=Q(line_no__gte=1), name="line_no_positive"),
@@ -188,7 +188,7 @@ class Cycle(SiteOwned):
     history = HistoricalRecords()
 
     class Meta:
-        ordering = ["patient", "line", "cycle_no"]
+        ordering = ["line_id", "cycle_no"]
         constraints = [
             models.UniqueConstraint(fields=["line", "cycle_no"], name="cycle_natural_key"),
             models.CheckConstraint(condition=Q(cycle_no__gte=1), name="cycle_no_positive"),
@@ -241,7 +241,7 @@ class DrugAdministration(SiteOwned):
     history = HistoricalRecords()
 
     class Meta:
-        ordering = ["cycle", "day", "id"]
+        ordering = ["cycle_id", "day", "id"]
         constraints = [
             models.UniqueConstraint(
                 fields=["cycle", "day", "drug_term"], name="drug_natural_key"
@@ -275,7 +275,7 @@ class AdverseEvent(SiteOwned):
     history = HistoricalRecords()
 
     class Meta:
-        ordering = ["patient", "onset_date"]
+        ordering = ["patient_id", "onset_date"]
         constraints = [
             models.UniqueConstraint(
                 fields=["patient", "ae_term", "onset_date"], name="ae_natural_key"
@@ -333,7 +333,7 @@ class LabResult(SiteOwned):
     history = HistoricalRecords()
 
     class Meta:
-        ordering = ["patient", "collected_date"]
+        ordering = ["patient_id", "collected_date"]
         constraints = [
             models.UniqueConstraint(
                 fields=["patient", "test_term", "collected_date"], name="lab_natural_key"
@@ -369,9 +369,11 @@ class FollowUp(SiteOwned):
     history = HistoricalRecords()
 
     class Meta:
-        ordering = ["patient", "followup_date"]
+        ordering = ["patient_id", "followup_date"]
         constraints = [
-            models.UniqueConstraint(fields=["patient", "followup_date"], name="followup_natural_key"),
+            models.UniqueConstraint(
+                fields=["patient", "followup_date"], name="followup_natural_key"
+            ),
             models.CheckConstraint(
                 condition=Q(vital_status__in=["alive", "dead", "lost"]),
                 name="followup_vital_status_valid",

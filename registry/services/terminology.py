@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from django.contrib.auth.models import User
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
 from registry.audit import audited_save
@@ -79,7 +79,8 @@ def exact_concept(domain: str, text: str) -> Concept | None:
         if key in {_normalise(domain, concept.code), _normalise(domain, concept.name_en),
                    _normalise(domain, concept.name_zh)}:
             matches.add(concept.id)
-    for synonym in ConceptSynonym.objects.filter(concept__domain=domain).only("concept_id", "name"):
+    synonyms = ConceptSynonym.objects.filter(concept__domain=domain).only("concept_id", "name")
+    for synonym in synonyms:
         if _normalise(domain, synonym.name) == key:
             matches.add(synonym.concept_id)
     if len(matches) != 1:
@@ -157,7 +158,9 @@ def convert_to_canonical(
         return value, canonical
     conversion = (
         UnitConversion.objects.filter(lab=lab, from_unit=unit, to_unit=canonical).first()
-        or UnitConversion.objects.filter(lab__isnull=True, from_unit=unit, to_unit=canonical).first()
+        or UnitConversion.objects.filter(
+            lab__isnull=True, from_unit=unit, to_unit=canonical
+        ).first()
     )
     if conversion is None:
         return None, canonical
@@ -226,3 +229,36 @@ def starter_vocabulary_load(*, acting_user: User | None = None, path: Path | Non
                 audited_save(conversion, acting_user=acting_user, reason=reason)
                 counts["conversions"] += 1
     return counts
+
+
+# Which clinical columns point at a site term, per domain: the uses a term's frequency counts.
+TERM_USES = {
+    Domain.CONDITION: [("registry_diagnosis", "cancer_term_id")],
+    Domain.MORPHOLOGY: [("registry_diagnosis", "morphology_term_id")],
+    Domain.REGIMEN: [("registry_treatmentline", "regimen_term_id")],
+    Domain.DRUG: [("registry_drugadministration", "drug_term_id")],
+    Domain.ADVERSE_EVENT: [("registry_adverseevent", "ae_term_id")],
+    Domain.LAB: [("registry_labresult", "test_term_id")],
+    Domain.UNIT: [("registry_labresult", "unit_term_id")],
+}
+
+
+def site_term_frequencies_refresh(*, site_id: int) -> int:
+    """Recount how many stored rows use each of the site's terms (set-based, one UPDATE per
+    use). Frequencies order the mapping review queue; they are derived data, not audited."""
+    updated = 0
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("UPDATE registry_siteterm SET frequency = 0 WHERE site_id = %s", [site_id])
+        for domain, uses in TERM_USES.items():
+            for table, column in uses:
+                # Table and column names come from the constant above, never from input.
+                cursor.execute(
+                    f"UPDATE registry_siteterm SET frequency = frequency + counts.n "  # noqa: S608
+                    f"FROM (SELECT {column} AS term_id, COUNT(*) AS n FROM {table} "
+                    f"WHERE site_id = %s AND {column} IS NOT NULL GROUP BY {column}) counts "
+                    f"WHERE registry_siteterm.id = counts.term_id "
+                    f"AND registry_siteterm.domain = %s",
+                    [site_id, domain.value],
+                )
+                updated += cursor.rowcount
+    return updated

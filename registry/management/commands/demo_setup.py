@@ -22,7 +22,7 @@ class Command(BaseCommand):
                 "DEBUG on (or --allow-production on a throwaway database)."
             )
         logins = demo_setup(patients_per_site=opts["patients_per_site"], seed=opts["seed"])
-        self.stdout.write("Demo logins (password for all: %s):" % DEMO_PASSWORD)
+        self.stdout.write(f"Demo logins (password for all: {DEMO_PASSWORD}):")
         for login in logins:
             where = ", ".join(login.sites) if login.sites else "registry-wide"
             self.stdout.write(f"  {login.username:<13} {login.role:<17} {where}")

@@ -1,0 +1,36 @@
+"""The demo: one login per role, a small cohort, and a landing page naming role and sites."""
+
+import pytest
+from django.core.management import CommandError, call_command
+
+from registry.demo import DEMO_PASSWORD, DEMO_USERS
+from registry.models import Patient, Role
+
+
+def test_demo_refuses_to_run_in_production(settings, db):
+    settings.DEBUG = False
+    with pytest.raises(CommandError, match="DEBUG"):
+        call_command("demo_setup")
+
+
+def test_demo_setup_and_landing_page(settings, client, db):
+    settings.DEBUG = True
+    call_command("demo_setup", "--patients-per-site", "2")
+    call_command("demo_setup", "--patients-per-site", "2")  # a second run adds nothing
+    assert Patient.objects.count() == 6
+    assert {role for _, role, _ in DEMO_USERS} == set(Role.values)
+    assert client.login(username="clerk_a", password=DEMO_PASSWORD)
+    page = client.get("/")
+    assert page.status_code == 200
+    assert "Clerk" in page.text and "DEMO-A" in page.text and "DEMO-B" not in page.text
+    assert "2 patients in your sites" in page.text
+    client.logout()
+    assert client.get("/").status_code == 302  # login required
+
+
+def test_landing_page_in_chinese(settings, client, db):
+    settings.DEBUG = True
+    call_command("demo_setup", "--patients-per-site", "1")
+    client.login(username="monitor", password=DEMO_PASSWORD)
+    page = client.get("/", HTTP_ACCEPT_LANGUAGE="zh-hans")
+    assert page.status_code == 200 and 'lang="zh-hans"' in page.text
