@@ -34,3 +34,4 @@ def test_landing_page_in_chinese(settings, client, db):
     client.login(username="monitor", password=DEMO_PASSWORD)
     page = client.get("/", HTTP_ACCEPT_LANGUAGE="zh-hans")
     assert page.status_code == 200 and 'lang="zh-hans"' in page.text
+    assert "监查员" in page.text and "退出" in page.text
