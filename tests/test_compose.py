@@ -1,0 +1,344 @@
+"""docker-compose.yml and the Dockerfile agree with the code they run.
+
+No Docker here: the files are read as text/YAML and every command they name is checked
+against the project (the WSGI app and Celery app import, the options parse, the settings read
+every variable the containers are given). No database is touched.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import re
+import shlex
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import celery
+import pytest
+import yaml
+from celery.bin.base import CLIContext
+from celery.bin.celery import celery as celery_cli
+from django.core.management import get_commands
+from gunicorn.config import Config as GunicornConfig
+
+ROOT = Path(__file__).resolve().parent.parent
+COMPOSE_PATH = ROOT / "docker-compose.yml"
+DOCKERFILE_PATH = ROOT / "Dockerfile"
+SETTINGS_PATH = ROOT / "registry" / "settings.py"
+
+COMPOSE_TEXT = COMPOSE_PATH.read_text(encoding="utf-8")
+COMPOSE = yaml.safe_load(COMPOSE_TEXT)
+SERVICES = COMPOSE["services"]
+
+# Built from this repository, given the shared environment.
+APP_SERVICES = ("migrate", "web", "worker", "beat")
+# Long-running services and whether they carry a healthcheck. Beat has no remote-control
+# channel to ping; the one-shot migrate job exits, so neither has one.
+HEALTHCHECKED = ("postgres", "redis", "web", "worker")
+NOT_HEALTHCHECKED = ("beat", "migrate")
+SECRETS = ("SECRET_KEY", "REGISTRY_PEPPER", "POSTGRES_PASSWORD")
+# Read by Django itself, not by registry/settings.py.
+READ_OUTSIDE_SETTINGS = {"DJANGO_SETTINGS_MODULE"}
+
+# ${NAME}, ${NAME:-default}, ${NAME-default}, ${NAME:?message}, ${NAME?message}, ...
+INTERPOLATION = re.compile(r"(?<!\$)\$\{(?P<name>\w+)(?P<op>:?[-?+])?(?P<rest>[^}]*)\}")
+
+
+def _command(service: str) -> list[str]:
+    command = SERVICES[service]["command"]
+    return list(command) if isinstance(command, list) else shlex.split(command)
+
+
+def _without_interpolation(value: str) -> str:
+    return INTERPOLATION.sub("placeholder", value)
+
+
+def _gunicorn_args(argv: list[str]):
+    assert argv[0] == "gunicorn", argv
+    try:
+        return GunicornConfig().parser().parse_args(argv[1:])
+    except SystemExit:
+        pytest.fail(f"gunicorn rejects the arguments {argv[1:]}")
+
+
+def _gunicorn_app_spec(argv: list[str]) -> str:
+    positional = _gunicorn_args(argv).args
+    assert len(positional) == 1, f"expected one module:attribute in {argv}"
+    return positional[0]
+
+
+def _assert_wsgi_app_exists(spec: str) -> None:
+    module_name, _, attribute = spec.partition(":")
+    assert module_name and attribute, f"{spec!r} is not module:attribute"
+    module = importlib.import_module(module_name)
+    app = getattr(module, attribute, None)
+    assert callable(app), f"{module_name} has no callable {attribute!r}"
+
+
+def _split_celery(argv: list[str]) -> tuple[str, str, list[str]]:
+    """`celery -A app sub ...` -> (app, sub, the subcommand's arguments)."""
+    assert argv[0] == "celery", argv
+    app_name, index = None, 1
+    while index < len(argv) and argv[index].startswith("-"):
+        token = argv[index]
+        if token in ("-A", "--app"):
+            app_name, index = argv[index + 1], index + 2
+        elif token.startswith("--app="):
+            app_name, index = token.split("=", 1)[1], index + 1
+        else:
+            pytest.fail(f"unexpected global celery option {token!r} in {argv}")
+    assert app_name, f"no -A/--app in {argv}"
+    assert index < len(argv), f"no celery subcommand in {argv}"
+    return app_name, argv[index], argv[index + 1 :]
+
+
+def _celery_app(module_name: str) -> celery.Celery:
+    module = importlib.import_module(module_name)
+    app = getattr(module, "celery_app", None) or getattr(module, "app", None)
+    assert isinstance(app, celery.Celery), f"{module_name} exports no celery.Celery app"
+    return app
+
+
+def _parse_celery(argv: list[str]) -> tuple[str, dict]:
+    """The subcommand and its parsed options, parsed by Celery's own command line."""
+    app_name, subcommand, rest = _split_celery(argv)
+    app = _celery_app(app_name)
+    assert subcommand in celery_cli.commands, f"celery has no {subcommand!r} command"
+    context = celery_cli.commands[subcommand].make_context(
+        subcommand, list(rest), obj=CLIContext(app=app, no_color=True, workdir=None)
+    )
+    return subcommand, context.params
+
+
+def _named_volumes(service: dict) -> list[tuple[str, str]]:
+    """(volume name, mount target) for the named volumes a service mounts."""
+    found = []
+    for volume in service.get("volumes", []):
+        if isinstance(volume, dict):
+            if volume.get("type", "volume") == "volume" and volume.get("source"):
+                found.append((volume["source"], volume["target"]))
+            continue
+        source, _, target = volume.partition(":")
+        if target and not source.startswith((".", "/", "~", "$")):
+            found.append((source, target.split(":")[0]))
+    return found
+
+
+def _dockerfile_instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) with continuation lines joined and comments dropped."""
+    lines = [
+        line
+        for line in DOCKERFILE_PATH.read_text(encoding="utf-8").splitlines()
+        if not line.lstrip().startswith("#")
+    ]
+    joined = re.sub(r"\\\n", " ", "\n".join(lines))
+    instructions = []
+    for line in joined.splitlines():
+        if line.strip():
+            keyword, _, arguments = line.strip().partition(" ")
+            instructions.append((keyword.upper(), arguments.strip()))
+    return instructions
+
+
+def test_services_exist():
+    assert set(SERVICES) >= {"postgres", "redis", "web", "worker", "beat", "migrate"}
+
+
+@pytest.mark.parametrize("name", HEALTHCHECKED)
+def test_long_running_services_have_a_healthcheck(name):
+    healthcheck = SERVICES[name].get("healthcheck")
+    assert healthcheck, f"{name} has no healthcheck"
+    assert not healthcheck.get("disable")
+    test = healthcheck["test"]
+    assert test and test[0] in ("CMD", "CMD-SHELL"), test
+
+
+@pytest.mark.parametrize("name", NOT_HEALTHCHECKED)
+def test_beat_and_migrate_deliberately_have_no_healthcheck(name):
+    assert "healthcheck" not in SERVICES[name]
+
+
+def test_postgres_and_redis_healthchecks():
+    assert SERVICES["postgres"]["healthcheck"]["test"][1] == "pg_isready"
+    assert SERVICES["redis"]["healthcheck"]["test"][1:] == ["redis-cli", "ping"]
+
+
+def test_web_healthcheck_requests_healthz_on_the_gunicorn_port():
+    test = SERVICES["web"]["healthcheck"]["test"]
+    assert test[:3] == ["CMD", "python", "-c"], "slim image: python, not curl"
+    code = test[3]
+    compile(code, "<web healthcheck>", "exec")  # a syntax error would fail every check
+    assert "urllib.request" in code
+    match = re.search(r"http://127\.0\.0\.1:(\d+)/healthz\b", code)
+    assert match, code
+    (bind,) = _gunicorn_args(_command("web")).bind
+    assert bind.rsplit(":", 1)[1] == match.group(1)
+    published = [_without_interpolation(port) for port in SERVICES["web"]["ports"]]
+    assert any(port.rsplit(":", 1)[1] == match.group(1) for port in published), published
+
+    from django.urls import resolve
+
+    assert resolve("/healthz").url_name == "healthz"
+
+
+def test_worker_healthcheck_pings_this_worker():
+    kind, command = SERVICES["worker"]["healthcheck"]["test"]
+    assert kind == "CMD-SHELL", "the shell must expand $HOSTNAME"
+    # $$ is Compose's escape; a single $ would be replaced by the host's HOSTNAME (or nothing).
+    assert "celery@$$HOSTNAME" in command
+    argv = shlex.split(command.replace("$$", "$"))
+    subcommand, params = _parse_celery(argv)
+    assert (subcommand, params["command"]) == ("inspect", "ping")
+    assert params["destination"] == ["celery@$HOSTNAME"]
+    assert _split_celery(argv)[0] == _split_celery(_command("worker"))[0]
+
+
+def test_named_volumes_are_declared_and_used():
+    declared = set(COMPOSE.get("volumes") or {})
+    used = {name for service in SERVICES.values() for name, _ in _named_volumes(service)}
+    assert used <= declared, f"undeclared volumes: {used - declared}"
+    assert declared <= used, f"declared but unused volumes: {declared - used}"
+    assert {name for name, _ in _named_volumes(SERVICES["postgres"])} == {"postgres-data"}
+    assert _named_volumes(SERVICES["redis"])
+
+
+def test_web_command_is_gunicorn_with_an_existing_wsgi_app():
+    argv = _command("web")
+    _assert_wsgi_app_exists(_gunicorn_app_spec(argv))
+    assert _gunicorn_args(argv).workers == 3
+
+
+@pytest.mark.parametrize("name", APP_SERVICES)
+def test_every_service_command_runs_something_that_exists(name):
+    argv = _command(name)
+    if argv[0] == "gunicorn":
+        _assert_wsgi_app_exists(_gunicorn_app_spec(argv))
+    elif argv[0] == "celery":
+        subcommand, _ = _parse_celery(argv)
+        assert subcommand in ("worker", "beat"), argv
+    elif argv[:2] == ["python", "manage.py"]:
+        assert (ROOT / "manage.py").is_file()
+        assert argv[2] in get_commands(), f"no manage.py command {argv[2]!r}"
+    else:
+        pytest.fail(f"{name}: unrecognised command {argv}")
+
+
+def test_worker_and_beat_run_the_registry_celery_app():
+    assert _parse_celery(_command("worker"))[0] == "worker"
+    subcommand, params = _parse_celery(_command("beat"))
+    assert subcommand == "beat"
+    # The schedule file lives on a named volume, so it survives a container replacement.
+    schedule = params["schedule"]
+    targets = [target for _, target in _named_volumes(SERVICES["beat"])]
+    assert any(schedule.startswith(target.rstrip("/") + "/") for target in targets), schedule
+    assert "/var/lib/registry/beat" in targets  # created owned by the app user in the image
+
+
+def test_migrate_runs_migrations():
+    assert _command("migrate") == ["python", "manage.py", "migrate", "--noinput"]
+
+
+def test_app_services_share_one_environment():
+    environments = [SERVICES[name]["environment"] for name in APP_SERVICES]
+    assert all(environment == environments[0] for environment in environments)
+    assert all(SERVICES[name].get("build") == "." for name in APP_SERVICES)
+
+
+def test_app_environment():
+    environment = SERVICES["web"]["environment"]
+    assert isinstance(environment, dict)
+    assert all(isinstance(value, str) for value in environment.values()), environment
+    assert environment["DEBUG"] == "false"
+    assert environment["ALLOWED_HOSTS"] == "${ALLOWED_HOSTS:-localhost}"
+    assert environment["SECURE_SSL_REDIRECT"] == "${SECURE_SSL_REDIRECT:-true}"
+
+    database = urlsplit(_without_interpolation(environment["DATABASE_URL"]))
+    postgres = SERVICES["postgres"]["environment"]
+    assert database.scheme in ("postgres", "postgresql")
+    assert (database.hostname, database.port) == ("postgres", 5432)
+    assert database.username == postgres["POSTGRES_USER"]
+    assert database.path.lstrip("/") == postgres["POSTGRES_DB"]
+    assert "${POSTGRES_PASSWORD:?" in environment["DATABASE_URL"]
+
+    redis = urlsplit(environment["REDIS_URL"])
+    assert (redis.scheme, redis.hostname, redis.port) == ("redis", "redis", 6379)
+
+
+def test_settings_module_is_importable():
+    module_name = SERVICES["web"]["environment"]["DJANGO_SETTINGS_MODULE"]
+    assert importlib.import_module(module_name).__file__
+
+
+def test_every_variable_given_to_the_app_is_read_by_the_settings():
+    settings_source = SETTINGS_PATH.read_text(encoding="utf-8")
+    for name in SERVICES["web"]["environment"]:
+        if name in READ_OUTSIDE_SETTINGS:
+            continue
+        assert re.search(rf"""["']{re.escape(name)}["']""", settings_source), (
+            f"{name} is given to the app but registry/settings.py never reads it"
+        )
+
+
+@pytest.mark.parametrize("secret", SECRETS)
+def test_secrets_are_required_never_defaulted(secret):
+    references = [m for m in INTERPOLATION.finditer(COMPOSE_TEXT) if m.group("name") == secret]
+    assert references, f"{secret} is not taken from the environment"
+    assert not re.search(rf"(?<!\$)\${secret}\b", COMPOSE_TEXT), f"unbraced ${secret}"
+    for reference in references:
+        assert reference.group("op") in (":?", "?"), f"{reference.group(0)} is not required"
+        assert reference.group("rest"), f"{reference.group(0)} gives no error message"
+
+
+def test_secrets_are_not_hard_coded():
+    for name in ("SECRET_KEY", "REGISTRY_PEPPER"):
+        value = SERVICES["web"]["environment"][name]
+        assert re.fullmatch(rf"\$\{{{name}:\?[^}}]+\}}", value), value
+    value = SERVICES["postgres"]["environment"]["POSTGRES_PASSWORD"]
+    assert re.fullmatch(r"\$\{POSTGRES_PASSWORD:\?[^}]+\}", value), value
+    database_url = SERVICES["web"]["environment"]["DATABASE_URL"]
+    assert re.fullmatch(r"postgres://registry:\$\{POSTGRES_PASSWORD:\?[^}]+\}@[^}]+", database_url)
+
+
+@pytest.mark.parametrize("name", ("web", "worker", "beat"))
+def test_app_services_wait_for_healthy_postgres_and_redis(name):
+    depends_on = SERVICES[name]["depends_on"]
+    assert isinstance(depends_on, dict), "long syntax, so a condition can be given"
+    for dependency in ("postgres", "redis"):
+        assert depends_on[dependency]["condition"] == "service_healthy"
+    assert depends_on["migrate"]["condition"] == "service_completed_successfully"
+
+
+def test_migrate_waits_for_postgres_and_redis_not_for_itself():
+    depends_on = SERVICES["migrate"]["depends_on"]
+    assert set(depends_on) == {"postgres", "redis"}
+    assert all(d["condition"] == "service_healthy" for d in depends_on.values())
+
+
+def test_dockerfile_runs_the_same_wsgi_app_as_compose():
+    commands = [arguments for keyword, arguments in _dockerfile_instructions() if keyword == "CMD"]
+    assert commands, "Dockerfile has no CMD"
+    argv = json.loads(commands[-1])  # exec form: a JSON array
+    spec = _gunicorn_app_spec(argv)
+    assert spec == _gunicorn_app_spec(_command("web"))
+    _assert_wsgi_app_exists(spec)
+
+
+def test_dockerfile_builds_a_non_root_image_without_baked_secrets():
+    instructions = _dockerfile_instructions()
+    assert instructions[0] == ("FROM", "python:3.11-slim")
+    users = [arguments for keyword, arguments in instructions if keyword == "USER"]
+    assert users and users[-1] not in ("root", "0"), users
+    assert any(k == "RUN" and a.startswith("pip install .") for k, a in instructions)
+    copied = " ".join(arguments for keyword, arguments in instructions if keyword == "COPY")
+    for path in ("pyproject.toml", "manage.py", "templates/", "static/", "registry/"):
+        assert path in copied, f"Dockerfile does not copy {path}"
+
+    (collectstatic,) = [a for k, a in instructions if k == "RUN" and "collectstatic" in a]
+    for name in ("SECRET_KEY", "REGISTRY_PEPPER"):
+        assert re.search(rf"\b{name}=\S+", collectstatic), f"collectstatic needs {name}"
+    assert "DEBUG=false" in collectstatic
+    for keyword, arguments in instructions:
+        if keyword in ("ENV", "ARG"):
+            for name in SECRETS:
+                assert name not in arguments, f"{keyword} {name} would persist in the image"
