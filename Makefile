@@ -42,7 +42,7 @@ lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check .
 
 migrations-check: $(VENV)/.installed-dev
-	DEBUG=true $(BIN)/python manage.py makemigrations --check --dry-run
+	DEBUG=true DATABASE_URL= $(BIN)/python manage.py makemigrations --check --dry-run
 
 check-deploy: $(VENV)/.installed-dev
 	$(DEPLOY_ENV) $(BIN)/python manage.py check --deploy --fail-level WARNING

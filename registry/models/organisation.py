@@ -18,7 +18,7 @@ class Role(models.TextChoices):
 
 
 # Roles that act on a site's rows need a site; the others act registry-wide.
-SITE_ROLES = frozenset({Role.CLERK, Role.MONITOR, Role.SITE_PI})
+SITE_ROLES = (Role.CLERK, Role.MONITOR, Role.SITE_PI)
 
 
 class Site(models.Model):
