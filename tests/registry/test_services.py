@@ -83,8 +83,13 @@ def test_full_record_resolves_local_words(site_a, alice):
     lab = LabResult.objects.get(patient=p)
     assert (lab.lab.code, lab.unit.code, lab.value_canonical, lab.unit_flag) == (
         "751-8", "10*9/L", 1.2, "")
-    assert p.lines.get().regimen is None  # no regimen concept yet: stored, awaiting mapping
-    assert SiteTerm.objects.get(site=site_a, domain="regimen", text="PP")
+    assert p.lines.get().regimen.code == "REG-PEM-CIS"  # PP: pemetrexed + cisplatin
+    # A word nobody has mapped is stored with its site term and waits for review.
+    line2 = clinical.treatment_line_record(patient=p, line_no=2, start_date=D + dt.timedelta(90),
+                                           regimen="本院自拟方案", acting_user=alice)
+    assert line2.regimen is None
+    assert line2.regimen_term == SiteTerm.objects.get(site=site_a, domain="regimen",
+                                                      text="本院自拟方案")
 
 
 @pytest.mark.parametrize("grade", [0, 6])

@@ -1,0 +1,37 @@
+from django.core.management.base import BaseCommand, CommandError
+from django.utils.module_loading import autodiscover_modules
+
+from registry.benchmarking import FIELD_SCALE_PATIENTS, REGISTRY
+
+
+class Command(BaseCommand):
+    help = ("Measure a path of the registry against its physical limit in the same run "
+            "(e.g. `benchmark seed --patients 20000 --json`). Runs in a scratch PostgreSQL "
+            "database that is dropped afterwards.")
+
+    def add_arguments(self, parser):
+        parser.add_argument("name", nargs="?")
+        parser.add_argument("--patients", type=int, default=FIELD_SCALE_PATIENTS)
+        parser.add_argument("--json", action="store_true",
+                            help="print one JSON object per measured figure")
+        parser.add_argument("--list", action="store_true")
+
+    def handle(self, *args, **opts):
+        autodiscover_modules("benchmarks")
+        if opts["list"] or not opts["name"]:
+            for name, function in sorted(REGISTRY.items()):
+                self.stdout.write(f"{name:<12} {(function.__doc__ or '').strip()}")
+            return
+        function = REGISTRY.get(opts["name"])
+        if function is None:
+            raise CommandError(f"Unknown benchmark {opts['name']!r}; known: "
+                               f"{', '.join(sorted(REGISTRY))}.")
+        if opts["patients"] < 1:
+            raise CommandError("--patients must be at least 1.")
+        progress = (lambda m: self.stderr.write(m)) if opts["json"] else self.stdout.write
+        try:
+            figures = function(patients=opts["patients"], progress=progress)
+        except RuntimeError as exc:
+            raise CommandError(str(exc)) from exc
+        for figure in figures:
+            self.stdout.write(figure.as_json() if opts["json"] else figure.as_text())
