@@ -13,24 +13,25 @@ def test_demo_refuses_to_run_in_production(settings, db):
         call_command("demo_setup")
 
 
-def test_demo_setup_and_landing_page(settings, client, db):
+def test_demo_setup_and_landing_page(settings, client, vocabulary):
     settings.DEBUG = True
-    call_command("demo_setup", "--patients-per-site", "2")
-    call_command("demo_setup", "--patients-per-site", "2")  # a second run adds nothing
-    assert Patient.objects.count() == 6
+    call_command("demo_setup", "--patients", "60", "--sites", "3")
+    call_command("demo_setup", "--patients", "60", "--sites", "3")  # a second run adds nothing
+    assert Patient.objects.count() == 60
     assert {role for _, role, _ in DEMO_USERS} == set(Role.values)
     assert client.login(username="clerk_a", password=DEMO_PASSWORD)
     page = client.get("/")
     assert page.status_code == 200
-    assert "Clerk" in page.text and "DEMO-A" in page.text and "DEMO-B" not in page.text
-    assert "2 patients in your sites" in page.text
+    assert "Clerk" in page.text and "S001" in page.text and "S002" not in page.text
+    n = Patient.objects.filter(site__code="S001").count()
+    assert f"{n} patients in your sites" in page.text
     client.logout()
     assert client.get("/").status_code == 302  # login required
 
 
-def test_landing_page_in_chinese(settings, client, db):
+def test_landing_page_in_chinese(settings, client, vocabulary):
     settings.DEBUG = True
-    call_command("demo_setup", "--patients-per-site", "1")
+    call_command("demo_setup", "--patients", "20", "--sites", "3")
     client.login(username="monitor", password=DEMO_PASSWORD)
     page = client.get("/", HTTP_ACCEPT_LANGUAGE="zh-hans")
     assert page.status_code == 200 and 'lang="zh-hans"' in page.text

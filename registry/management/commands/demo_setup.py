@@ -5,11 +5,13 @@ from registry.demo import DEMO_PASSWORD, demo_setup
 
 
 class Command(BaseCommand):
-    help = "Create the demo sites, one login per role and a small cohort. For local demos only."
+    help = ("Seed a synthetic multi-centre cohort (if the registry has none) and create one "
+            "login per role. For local demos only.")
 
     def add_arguments(self, parser):
-        parser.add_argument("--patients-per-site", type=int, default=8)
-        parser.add_argument("--seed", type=int, default=7)
+        parser.add_argument("--patients", type=int, default=2000)
+        parser.add_argument("--sites", type=int, default=6)
+        parser.add_argument("--seed", type=int, default=42)
         parser.add_argument(
             "--allow-production", action="store_true",
             help="Run even with DEBUG off (creates logins with a published password).",
@@ -21,7 +23,8 @@ class Command(BaseCommand):
                 "demo_setup creates logins with a published password; it runs only with "
                 "DEBUG on (or --allow-production on a throwaway database)."
             )
-        logins = demo_setup(patients_per_site=opts["patients_per_site"], seed=opts["seed"])
+        logins = demo_setup(patients=opts["patients"], sites=opts["sites"],
+                            seed_value=opts["seed"], progress=self.stdout.write)
         self.stdout.write(f"Demo logins (password for all: {DEMO_PASSWORD}):")
         for login in logins:
             where = ", ".join(login.sites) if login.sites else "registry-wide"
