@@ -16,6 +16,7 @@ from django.http import Http404
 from registry.models import (
     AdverseEvent,
     Cycle,
+    DataQuery,
     Diagnosis,
     DrugAdministration,
     FollowUp,
@@ -40,6 +41,7 @@ SITE_OWNED_MODELS: tuple[type[Model], ...] = (
     LabResult,
     FollowUp,
     SiteTerm,
+    DataQuery,
 )
 
 AnyUser = User | AnonymousUser
@@ -148,6 +150,10 @@ def mappings_visible(user: AnyUser) -> QuerySet[TermMapping]:
     return scope(TermMapping.objects.all(), user)
 
 
+def queries_visible(user: AnyUser) -> QuerySet[DataQuery]:
+    return scope(DataQuery.objects.all(), user)
+
+
 def memberships_visible(user: AnyUser) -> QuerySet[Membership]:
     """Admins see every membership; others see their own and their sites' colleagues."""
     ids = site_ids_for(user)
@@ -169,6 +175,7 @@ SELECTORS = {
     FollowUp: followups_visible,
     SiteTerm: site_terms_visible,
     TermMapping: mappings_visible,
+    DataQuery: queries_visible,
 }
 
 

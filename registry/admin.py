@@ -14,6 +14,7 @@ from registry.models import (
     Concept,
     ConceptSynonym,
     Cycle,
+    DataQuery,
     Department,
     Diagnosis,
     DrugAdministration,
@@ -187,3 +188,10 @@ class ConceptAdmin(RegistryWideAdmin):
 @admin.register(UnitConversion)
 class UnitConversionAdmin(RegistryWideAdmin):
     list_display = ["lab", "from_unit", "to_unit", "factor"]
+
+
+@admin.register(DataQuery)
+class DataQueryAdmin(ScopedAdmin):
+    list_display = ["record_model", "record_id", "field", "status", "automatic", "opened_at"]
+    list_filter = ["status", "automatic"]
+    raw_id_fields = ["patient"]

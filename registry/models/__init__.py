@@ -20,12 +20,14 @@ from registry.models.terminology import (
     UnitConversion,
     Vocabulary,
 )
+from registry.models.workflow import DataQuery
 
 __all__ = [
     "AdverseEvent",
     "Concept",
     "ConceptSynonym",
     "Cycle",
+    "DataQuery",
     "Department",
     "Diagnosis",
     "Domain",

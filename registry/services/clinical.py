@@ -9,10 +9,9 @@ import re
 from decimal import Decimal, InvalidOperation
 
 from django.contrib.auth.models import User
-from django.db import IntegrityError, transaction
+from django.db import transaction
 from django.utils import timezone
 
-from registry.audit import audited_save
 from registry.errors import ErrorCollector, ValidationFailed
 from registry.models import (
     AdverseEvent,
@@ -31,6 +30,7 @@ from registry.models import (
 from registry.pseudonyms import hospital_number_hash
 from registry.services.organisation import require_site_role
 from registry.services.terminology import convert_to_canonical, term_resolve
+from registry.services.workflow import edit_guard, save_or_refuse, store
 
 DATA_ENTRY_ROLES = (Role.CLERK, Role.MONITOR)
 
@@ -59,18 +59,6 @@ def _check_alive_on(errors: ErrorCollector, patient: Patient, field: str, day: d
     death = _death_date(patient)
     if death is not None and day > death:
         errors.add(field, f"{day.isoformat()} is after the patient's death on {death.isoformat()}.")
-
-
-def _save(obj, *, acting_user: User, reason: str):
-    """Save, turning a natural-key collision into a clear error."""
-    try:
-        with transaction.atomic():
-            return audited_save(obj, acting_user=acting_user, reason=reason)
-    except IntegrityError as exc:
-        raise ValidationFailed(
-            f"This {obj._meta.verbose_name} already exists (same natural key) or breaks a "
-            f"database rule: {exc.__cause__ or exc}"
-        ) from exc
 
 
 def patient_register(
@@ -108,12 +96,66 @@ def patient_register(
             field="patient_no",
         )
     with transaction.atomic():
-        return _save(
-            Patient(site=site, department=department, hospital_number_hash=number_hash, sex=sex,
-                    birth_year=birth_year, consent_scope=consent_scope,
-                    consent_date=consent_date),
-            acting_user=acting_user, reason=reason,
+        return save_or_refuse(
+            Patient(
+                site=site,
+                department=department,
+                hospital_number_hash=number_hash,
+                sex=sex,
+                birth_year=birth_year,
+                consent_scope=consent_scope,
+                consent_date=consent_date,
+            ),
+            acting_user=acting_user,
+            reason=reason,
         )
+
+
+@transaction.atomic
+def patient_update(
+    *,
+    patient: Patient,
+    sex: str,
+    birth_year: int,
+    department: Department | None = None,
+    consent_scope: str = Patient.ConsentScope.ACADEMIC,
+    consent_date: dt.date | None = None,
+    expected_version: int | None,
+    change_reason: str = "",
+    acting_user: User,
+) -> Patient:
+    """Correct a patient's demographics and consent (the hospital number is not editable)."""
+    require_site_role(acting_user, patient.site, DATA_ENTRY_ROLES)
+    reason = edit_guard(
+        patient,
+        acting_user=acting_user,
+        expected_version=expected_version,
+        change_reason=change_reason,
+    )
+    errors = ErrorCollector()
+    if sex not in Patient.Sex.values:
+        errors.add("sex", f"Sex must be M or F, not {sex!r}.")
+    if not isinstance(birth_year, int) or not 1900 <= birth_year <= _today().year:
+        errors.add("birth_year", f"Birth year {birth_year!r} is not between 1900 and this year.")
+    if consent_scope not in Patient.ConsentScope.values:
+        errors.add("consent_scope", f"Unknown consent scope {consent_scope!r}.")
+    if department is not None and department.site_id != patient.site_id:
+        errors.add("department", f"Department {department.name} is not at this site.")
+    _check_not_future(errors, "consent_date", consent_date)
+    errors.raise_if_any()
+    return store(
+        Patient,
+        patient,
+        {
+            "sex": sex,
+            "birth_year": birth_year,
+            "department": department,
+            "consent_scope": consent_scope,
+            "consent_date": consent_date,
+        },
+        acting_user=acting_user,
+        reason=reason,
+    )
 
 
 def patient_withdraw(
@@ -128,9 +170,10 @@ def patient_withdraw(
         patient = Patient.objects.select_for_update().get(pk=patient.pk)
         patient.withdrawn_date = withdrawn_date
         patient.version += 1
-        return _save(patient, acting_user=acting_user, reason=reason)
+        return save_or_refuse(patient, acting_user=acting_user, reason=reason)
 
 
+@transaction.atomic
 def diagnosis_record(
     *,
     patient: Patient,
@@ -144,10 +187,20 @@ def diagnosis_record(
     m: str = "",
     ecog: int | None = None,
     biomarkers: dict | None = None,
+    instance: Diagnosis | None = None,
+    expected_version: int | None = None,
+    change_reason: str = "",
     acting_user: User,
     reason: str = "diagnosis recorded",
 ) -> Diagnosis:
     require_site_role(acting_user, patient.site, DATA_ENTRY_ROLES)
+    if instance is not None:
+        reason = edit_guard(
+            instance,
+            acting_user=acting_user,
+            expected_version=expected_version,
+            change_reason=change_reason,
+        )
     errors = ErrorCollector()
     if not (cancer or "").strip():
         errors.add("cancer", "The cancer (local word or ICD-10 code) is required.")
@@ -168,18 +221,31 @@ def diagnosis_record(
             morphology_term, morphology_concept = term_resolve(
                 site=site, domain=Domain.MORPHOLOGY, text=morphology, acting_user=acting_user
             )
-        return _save(
-            Diagnosis(
-                site=site, patient=patient, diagnosis_date=diagnosis_date,
-                cancer_term=cancer_term, cancer=cancer_concept,
-                morphology_term=morphology_term, morphology=morphology_concept,
-                stage_system=stage_system, stage_group=stage_group, t=t, n=n, m=m, ecog=ecog,
+        return store(
+            Diagnosis,
+            instance,
+            dict(
+                site=site,
+                patient=patient,
+                diagnosis_date=diagnosis_date,
+                cancer_term=cancer_term,
+                cancer=cancer_concept,
+                morphology_term=morphology_term,
+                morphology=morphology_concept,
+                stage_system=stage_system,
+                stage_group=stage_group,
+                t=t,
+                n=n,
+                m=m,
+                ecog=ecog,
                 biomarkers=biomarkers or {},
             ),
-            acting_user=acting_user, reason=reason,
+            acting_user=acting_user,
+            reason=reason,
         )
 
 
+@transaction.atomic
 def treatment_line_record(
     *,
     patient: Patient,
@@ -188,10 +254,20 @@ def treatment_line_record(
     regimen: str = "",
     intent: str = "",
     end_date: dt.date | None = None,
+    instance: TreatmentLine | None = None,
+    expected_version: int | None = None,
+    change_reason: str = "",
     acting_user: User,
     reason: str = "treatment line recorded",
 ) -> TreatmentLine:
     require_site_role(acting_user, patient.site, DATA_ENTRY_ROLES)
+    if instance is not None:
+        reason = edit_guard(
+            instance,
+            acting_user=acting_user,
+            expected_version=expected_version,
+            change_reason=change_reason,
+        )
     errors = ErrorCollector()
     if line_no < 1:
         errors.add("line_no", "Line numbers start at 1.")
@@ -202,7 +278,11 @@ def treatment_line_record(
         errors.add("end_date", "The line ends before it starts.")
     _check_after_diagnosis(errors, patient, "start_date", start_date)
     _check_alive_on(errors, patient, "start_date", start_date)
-    if TreatmentLine.objects.filter(patient=patient, line_no=line_no).exists():
+    if (
+        TreatmentLine.objects.filter(patient=patient, line_no=line_no)
+        .exclude(pk=getattr(instance, "pk", None))
+        .exists()
+    ):
         errors.add("line_no", f"Line {line_no} is already recorded for this patient.")
     errors.raise_if_any()
     with transaction.atomic():
@@ -211,11 +291,21 @@ def treatment_line_record(
             regimen_term, regimen_concept = term_resolve(
                 site=patient.site, domain=Domain.REGIMEN, text=regimen, acting_user=acting_user
             )
-        return _save(
-            TreatmentLine(site=patient.site, patient=patient, line_no=line_no,
-                          regimen_term=regimen_term, regimen=regimen_concept, intent=intent,
-                          start_date=start_date, end_date=end_date),
-            acting_user=acting_user, reason=reason,
+        return store(
+            TreatmentLine,
+            instance,
+            dict(
+                site=patient.site,
+                patient=patient,
+                line_no=line_no,
+                regimen_term=regimen_term,
+                regimen=regimen_concept,
+                intent=intent,
+                start_date=start_date,
+                end_date=end_date,
+            ),
+            acting_user=acting_user,
+            reason=reason,
         )
 
 
@@ -234,6 +324,7 @@ def _check_after_diagnosis(
         errors.add(field, f"{day.isoformat()} is before the diagnosis on {first.isoformat()}.")
 
 
+@transaction.atomic
 def cycle_record(
     *,
     line: TreatmentLine,
@@ -241,11 +332,21 @@ def cycle_record(
     start_date: dt.date,
     length_days: int | None = None,
     bsa_m2: Decimal | None = None,
+    instance: Cycle | None = None,
+    expected_version: int | None = None,
+    change_reason: str = "",
     acting_user: User,
     reason: str = "cycle recorded",
 ) -> Cycle:
     patient = line.patient
     require_site_role(acting_user, patient.site, DATA_ENTRY_ROLES)
+    if instance is not None:
+        reason = edit_guard(
+            instance,
+            acting_user=acting_user,
+            expected_version=expected_version,
+            change_reason=change_reason,
+        )
     errors = ErrorCollector()
     if cycle_no < 1:
         errors.add("cycle_no", "Cycle numbers start at 1.")
@@ -256,16 +357,31 @@ def cycle_record(
     _check_alive_on(errors, patient, "start_date", start_date)
     if bsa_m2 is not None and not Decimal("0.5") <= Decimal(bsa_m2) <= Decimal("3.5"):
         errors.add("bsa_m2", f"A body surface area of {bsa_m2} m² is not plausible.")
-    if Cycle.objects.filter(line=line, cycle_no=cycle_no).exists():
+    if (
+        Cycle.objects.filter(line=line, cycle_no=cycle_no)
+        .exclude(pk=getattr(instance, "pk", None))
+        .exists()
+    ):
         errors.add("cycle_no", f"Cycle {cycle_no} of line {line.line_no} is already recorded.")
     errors.raise_if_any()
-    return _save(
-        Cycle(site=patient.site, patient=patient, line=line, cycle_no=cycle_no,
-              start_date=start_date, length_days=length_days, bsa_m2=bsa_m2),
-        acting_user=acting_user, reason=reason,
+    return store(
+        Cycle,
+        instance,
+        dict(
+            site=patient.site,
+            patient=patient,
+            line=line,
+            cycle_no=cycle_no,
+            start_date=start_date,
+            length_days=length_days,
+            bsa_m2=bsa_m2,
+        ),
+        acting_user=acting_user,
+        reason=reason,
     )
 
 
+@transaction.atomic
 def drug_administration_record(
     *,
     cycle: Cycle,
@@ -275,11 +391,21 @@ def drug_administration_record(
     dose_unit: str = "",
     route: str = "",
     purpose: str = DrugAdministration.Purpose.ANTINEOPLASTIC,
+    instance: DrugAdministration | None = None,
+    expected_version: int | None = None,
+    change_reason: str = "",
     acting_user: User,
     reason: str = "drug administration recorded",
 ) -> DrugAdministration:
     patient = cycle.patient
     require_site_role(acting_user, patient.site, DATA_ENTRY_ROLES)
+    if instance is not None:
+        reason = edit_guard(
+            instance,
+            acting_user=acting_user,
+            expected_version=expected_version,
+            change_reason=change_reason,
+        )
     errors = ErrorCollector()
     if not (drug or "").strip():
         errors.add("drug", "The drug is required.")
@@ -297,8 +423,11 @@ def drug_administration_record(
         if not dose_unit:
             errors.add("dose_unit", "A dose needs its unit.")
     if dose_unit and dose_unit not in DrugAdministration.DoseUnit.values:
-        errors.add("dose_unit", f"Unknown dose unit {dose_unit!r}; use one of "
-                                f"{', '.join(DrugAdministration.DoseUnit.values)}.")
+        errors.add(
+            "dose_unit",
+            f"Unknown dose unit {dose_unit!r}; use one of "
+            f"{', '.join(DrugAdministration.DoseUnit.values)}.",
+        )
     if route and route not in DrugAdministration.Route.values:
         errors.add("route", f"Unknown route {route!r}.")
     if purpose not in DrugAdministration.Purpose.values:
@@ -308,18 +437,35 @@ def drug_administration_record(
         drug_term, drug_concept = term_resolve(
             site=patient.site, domain=Domain.DRUG, text=drug, acting_user=acting_user
         )
-        if DrugAdministration.objects.filter(cycle=cycle, day=day, drug_term=drug_term).exists():
+        if (
+            DrugAdministration.objects.filter(cycle=cycle, day=day, drug_term=drug_term)
+            .exclude(pk=getattr(instance, "pk", None))
+            .exists()
+        ):
             raise ValidationFailed(
                 f"{drug} on day {day} of this cycle is already recorded.", field="drug"
             )
-        return _save(
-            DrugAdministration(site=patient.site, patient=patient, cycle=cycle, day=day,
-                               drug_term=drug_term, drug=drug_concept, dose=parsed_dose,
-                               dose_unit=dose_unit, route=route, purpose=purpose),
-            acting_user=acting_user, reason=reason,
+        return store(
+            DrugAdministration,
+            instance,
+            dict(
+                site=patient.site,
+                patient=patient,
+                cycle=cycle,
+                day=day,
+                drug_term=drug_term,
+                drug=drug_concept,
+                dose=parsed_dose,
+                dose_unit=dose_unit,
+                route=route,
+                purpose=purpose,
+            ),
+            acting_user=acting_user,
+            reason=reason,
         )
 
 
+@transaction.atomic
 def adverse_event_record(
     *,
     patient: Patient,
@@ -330,12 +476,22 @@ def adverse_event_record(
     serious: bool = False,
     cycle: Cycle | None = None,
     ctcae_version: str = "5.0",
+    instance: AdverseEvent | None = None,
+    expected_version: int | None = None,
+    change_reason: str = "",
     acting_user: User,
     reason: str = "adverse event recorded",
 ) -> AdverseEvent:
     """Record a CTCAE-graded adverse event. A grade the term does not define (Nausea grade 4,
     Febrile neutropenia grade 1) is refused once the term is mapped; 1-5 always."""
     require_site_role(acting_user, patient.site, DATA_ENTRY_ROLES)
+    if instance is not None:
+        reason = edit_guard(
+            instance,
+            acting_user=acting_user,
+            expected_version=expected_version,
+            change_reason=change_reason,
+        )
     errors = ErrorCollector()
     if not (term or "").strip():
         errors.add("term", "The adverse event term is required.")
@@ -359,17 +515,31 @@ def adverse_event_record(
                 f"{ctcae_version} (allowed: {allowed}).",
                 field="grade",
             )
-        if AdverseEvent.objects.filter(
-            patient=patient, ae_term=ae_term, onset_date=onset_date
-        ).exists():
+        if (
+            AdverseEvent.objects.filter(patient=patient, ae_term=ae_term, onset_date=onset_date)
+            .exclude(pk=getattr(instance, "pk", None))
+            .exists()
+        ):
             raise ValidationFailed(
                 f"{term} with onset {onset_date.isoformat()} is already recorded.", field="term"
             )
-        return _save(
-            AdverseEvent(site=patient.site, patient=patient, ae_term=ae_term, ae=ae_concept,
-                         ctcae_version=ctcae_version, grade=grade, onset_date=onset_date,
-                         resolved_date=resolved_date, serious=serious, cycle=cycle),
-            acting_user=acting_user, reason=reason,
+        return store(
+            AdverseEvent,
+            instance,
+            dict(
+                site=patient.site,
+                patient=patient,
+                ae_term=ae_term,
+                ae=ae_concept,
+                ctcae_version=ctcae_version,
+                grade=grade,
+                onset_date=onset_date,
+                resolved_date=resolved_date,
+                serious=serious,
+                cycle=cycle,
+            ),
+            acting_user=acting_user,
+            reason=reason,
         )
 
 
@@ -377,12 +547,14 @@ def lab_value_parse(text: str) -> tuple[str, float]:
     """'<0.5' -> ('<', 0.5). Censored values are data, kept as comparator and number."""
     match = _LAB_VALUE.match(text or "")
     if not match:
-        raise ValidationFailed(f"The lab value {text!r} is not a number (like 1.2 or <0.5).",
-                               field="value")
+        raise ValidationFailed(
+            f"The lab value {text!r} is not a number (like 1.2 or <0.5).", field="value"
+        )
     comparator = {"≤": "<=", "≥": ">="}.get(match.group(1) or "", match.group(1) or "")
     return comparator, float(match.group(2))
 
 
+@transaction.atomic
 def lab_result_record(
     *,
     patient: Patient,
@@ -391,6 +563,9 @@ def lab_result_record(
     value: str,
     unit: str = "",
     cycle: Cycle | None = None,
+    instance: LabResult | None = None,
+    expected_version: int | None = None,
+    change_reason: str = "",
     acting_user: User,
     reason: str = "lab result recorded",
 ) -> LabResult:
@@ -400,6 +575,13 @@ def lab_result_record(
     canonical value then stays empty rather than being stored in the wrong unit.
     """
     require_site_role(acting_user, patient.site, DATA_ENTRY_ROLES)
+    if instance is not None:
+        reason = edit_guard(
+            instance,
+            acting_user=acting_user,
+            expected_version=expected_version,
+            change_reason=change_reason,
+        )
     errors = ErrorCollector()
     if not (test or "").strip():
         errors.add("test", "The lab test is required.")
@@ -431,27 +613,49 @@ def lab_result_record(
                 value_canonical, canonical_unit = convert_to_canonical(
                     lab=lab, unit=unit_concept, value=number
                 )
-                flag = (LabResult.UnitFlag.OK if value_canonical is not None
-                        else LabResult.UnitFlag.UNCONVERTIBLE)
+                flag = (
+                    LabResult.UnitFlag.OK
+                    if value_canonical is not None
+                    else LabResult.UnitFlag.UNCONVERTIBLE
+                )
                 if value_canonical is None:
                     canonical_unit = None
-        if LabResult.objects.filter(
-            patient=patient, test_term=test_term, collected_date=collected_date
-        ).exists():
+        if (
+            LabResult.objects.filter(
+                patient=patient, test_term=test_term, collected_date=collected_date
+            )
+            .exclude(pk=getattr(instance, "pk", None))
+            .exists()
+        ):
             raise ValidationFailed(
                 f"{test} collected on {collected_date.isoformat()} is already recorded.",
                 field="test",
             )
-        return _save(
-            LabResult(site=site, patient=patient, test_term=test_term, lab=lab,
-                      collected_date=collected_date, value_text=value.strip(),
-                      comparator=comparator, value=number, unit_term=unit_term,
-                      unit=unit_concept, value_canonical=value_canonical,
-                      canonical_unit=canonical_unit, unit_flag=flag, cycle=cycle),
-            acting_user=acting_user, reason=reason,
+        return store(
+            LabResult,
+            instance,
+            dict(
+                site=site,
+                patient=patient,
+                test_term=test_term,
+                lab=lab,
+                collected_date=collected_date,
+                value_text=value.strip(),
+                comparator=comparator,
+                value=number,
+                unit_term=unit_term,
+                unit=unit_concept,
+                value_canonical=value_canonical,
+                canonical_unit=canonical_unit,
+                unit_flag=flag,
+                cycle=cycle,
+            ),
+            acting_user=acting_user,
+            reason=reason,
         )
 
 
+@transaction.atomic
 def followup_record(
     *,
     patient: Patient,
@@ -461,14 +665,25 @@ def followup_record(
     progression_date: dt.date | None = None,
     ecog: int | None = None,
     cause_of_death: str = "",
+    instance: FollowUp | None = None,
+    expected_version: int | None = None,
+    change_reason: str = "",
     acting_user: User,
     reason: str = "follow-up recorded",
 ) -> FollowUp:
     require_site_role(acting_user, patient.site, DATA_ENTRY_ROLES)
+    if instance is not None:
+        reason = edit_guard(
+            instance,
+            acting_user=acting_user,
+            expected_version=expected_version,
+            change_reason=change_reason,
+        )
     errors = ErrorCollector()
     if vital_status not in FollowUp.VitalStatus.values:
-        errors.add("vital_status", f"Vital status must be alive, dead or lost, not "
-                                   f"{vital_status!r}.")
+        errors.add(
+            "vital_status", f"Vital status must be alive, dead or lost, not {vital_status!r}."
+        )
     _check_not_future(errors, "followup_date", followup_date)
     if progression_date is not None and progression_date > followup_date:
         errors.add("progression_date", "Progression is dated after the follow-up visit.")
@@ -479,24 +694,50 @@ def followup_record(
     _check_alive_on(errors, patient, "followup_date", followup_date)
     if vital_status == FollowUp.VitalStatus.DEAD:
         last_event = max(
-            [d for d in (
-                Diagnosis.objects.filter(patient=patient).order_by("-diagnosis_date")
-                .values_list("diagnosis_date", flat=True).first(),
-                Cycle.objects.filter(patient=patient).order_by("-start_date")
-                .values_list("start_date", flat=True).first(),
-            ) if d is not None],
+            [
+                d
+                for d in (
+                    Diagnosis.objects.filter(patient=patient)
+                    .order_by("-diagnosis_date")
+                    .values_list("diagnosis_date", flat=True)
+                    .first(),
+                    Cycle.objects.filter(patient=patient)
+                    .order_by("-start_date")
+                    .values_list("start_date", flat=True)
+                    .first(),
+                )
+                if d is not None
+            ],
             default=None,
         )
         if last_event is not None and followup_date < last_event:
-            errors.add("followup_date", f"Death on {followup_date.isoformat()} is before a "
-                                        f"recorded event on {last_event.isoformat()}.")
-    if FollowUp.objects.filter(patient=patient, followup_date=followup_date).exists():
-        errors.add("followup_date", f"A follow-up on {followup_date.isoformat()} is already "
-                                    "recorded.")
+            errors.add(
+                "followup_date",
+                f"Death on {followup_date.isoformat()} is before a "
+                f"recorded event on {last_event.isoformat()}.",
+            )
+    if (
+        FollowUp.objects.filter(patient=patient, followup_date=followup_date)
+        .exclude(pk=getattr(instance, "pk", None))
+        .exists()
+    ):
+        errors.add(
+            "followup_date", f"A follow-up on {followup_date.isoformat()} is already recorded."
+        )
     errors.raise_if_any()
-    return _save(
-        FollowUp(site=patient.site, patient=patient, followup_date=followup_date,
-                 vital_status=vital_status, progression=progression,
-                 progression_date=progression_date, ecog=ecog, cause_of_death=cause_of_death),
-        acting_user=acting_user, reason=reason,
+    return store(
+        FollowUp,
+        instance,
+        dict(
+            site=patient.site,
+            patient=patient,
+            followup_date=followup_date,
+            vital_status=vital_status,
+            progression=progression,
+            progression_date=progression_date,
+            ecog=ecog,
+            cause_of_death=cause_of_death,
+        ),
+        acting_user=acting_user,
+        reason=reason,
     )

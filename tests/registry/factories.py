@@ -6,7 +6,7 @@ import datetime as dt
 import itertools
 
 from registry.models import Concept, Patient, Site
-from registry.services import clinical
+from registry.services import clinical, workflow
 from registry.services.terminology import mapping_approve, site_term_get_or_create
 
 _numbers = itertools.count(1)
@@ -38,8 +38,11 @@ def full_record(site: Site, user) -> Patient:
     clinical.lab_result_record(patient=p, test="ANC", value="1.2", unit="10^9/L",
                                collected_date=cycle.start_date + dt.timedelta(days=10),
                                cycle=cycle, acting_user=user)
-    clinical.followup_record(patient=p, followup_date=cycle.start_date + dt.timedelta(days=60),
-                             vital_status="alive", acting_user=user)
+    followup = clinical.followup_record(
+        patient=p, followup_date=cycle.start_date + dt.timedelta(days=60),
+        vital_status="alive", acting_user=user)
+    workflow.query_open(followup, field="ecog", text="ECOG missing?", acting_user=user,
+                        automatic=True)
     # An unmapped local word, then mapped by hand: a TermMapping row of this site.
     term = site_term_get_or_create(site=site, domain="drug", text="力比泰注射液", acting_user=user)
     mapping_approve(site_term=term, concept=Concept.objects.get(code="L01BA04"),

@@ -1,0 +1,402 @@
+"""The clerk workflow: draft -> submitted -> verified -> locked, edits with a reason and without
+lost updates, data queries, and the edit checks that raise them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from django.contrib.auth.models import User
+from django.db import IntegrityError, models, transaction
+from django.utils import timezone
+
+from registry.audit import audited_save
+from registry.errors import NotPermitted, StaleEdit, ValidationFailed
+from registry.models import (
+    AdverseEvent,
+    Cycle,
+    DataQuery,
+    Diagnosis,
+    DrugAdministration,
+    FollowUp,
+    LabResult,
+    Patient,
+    RecordStatus,
+    Role,
+    TreatmentLine,
+)
+from registry.services.organisation import require_site_role
+
+DATA_ENTRY_ROLES = (Role.CLERK, Role.MONITOR)
+REVIEW_ROLES = (Role.MONITOR,)
+
+# The kinds of clinical record a clerk edits, by the short name used in URLs and queries.
+RECORD_MODELS: dict[str, type[models.Model]] = {
+    "patient": Patient,
+    "diagnosis": Diagnosis,
+    "treatmentline": TreatmentLine,
+    "cycle": Cycle,
+    "drugadministration": DrugAdministration,
+    "adverseevent": AdverseEvent,
+    "labresult": LabResult,
+    "followup": FollowUp,
+}
+
+# Bookkeeping columns that are not part of what a person edits.
+_NOT_CONTENT = {"id", "version", "status", "created_at", "updated_at", "site"}
+
+
+def save_or_refuse(obj: models.Model, *, acting_user: User | None, reason: str) -> models.Model:
+    """Save with an audit row, turning a natural-key collision into a clear error."""
+    try:
+        with transaction.atomic():
+            return audited_save(obj, acting_user=acting_user, reason=reason)
+    except IntegrityError as exc:
+        raise ValidationFailed(
+            f"This {obj._meta.verbose_name} already exists (same natural key) or breaks a "
+            f"database rule: {exc.__cause__ or exc}"
+        ) from exc
+
+
+def record_kind(instance: models.Model) -> str:
+    return instance._meta.model_name
+
+
+def content_fields(model: type[models.Model]) -> list[models.Field]:
+    return [f for f in model._meta.concrete_fields if f.name not in _NOT_CONTENT]
+
+
+def changes_since(instance: models.Model, version: int) -> list[dict[str, Any]]:
+    """What was changed after `version`, by whom and when (from the audit trail)."""
+    history = instance.history.order_by("history_date", "history_id")
+    before = history.filter(version=version).last()
+    if before is None:
+        return []
+    out = []
+    previous = before
+    for row in history.filter(version__gt=version):
+        for field in content_fields(type(instance)):
+            old, new = getattr(previous, field.attname), getattr(row, field.attname)
+            if old != new:
+                out.append(
+                    {
+                        "field": field.name,
+                        "old": old,
+                        "new": new,
+                        "user": row.history_user.username if row.history_user else "system",
+                        "date": row.history_date,
+                        "reason": row.history_change_reason,
+                    }
+                )
+        previous = row
+    return out
+
+
+def edit_guard(
+    instance: models.Model, *, acting_user: User, expected_version: int | None, change_reason: str
+) -> str:
+    """Refuse an edit that may not happen, and return the reason to record for it.
+
+    Locked records are read-only. An edit made on an older version than the stored one is
+    refused, naming what changed since, so nothing silently overwrites another person's edit.
+    After submission every change needs a reason.
+    """
+    require_site_role(acting_user, instance.site, DATA_ENTRY_ROLES)
+    current = type(instance).objects.select_for_update().get(pk=instance.pk)
+    if current.status == RecordStatus.LOCKED:
+        raise NotPermitted(
+            "This record is locked; a monitor must unlock it (with a reason) before it can change."
+        )
+    if expected_version is None:
+        raise ValidationFailed(
+            "The version being edited is missing; reload the record.", field="version"
+        )
+    if current.version != expected_version:
+        changed = changes_since(current, expected_version)
+        lines = [f"{c['field']}: {c['old']!s} -> {c['new']!s} by {c['user']}" for c in changed]
+        error = StaleEdit(
+            "Someone else saved this record since you opened it; your changes were not saved. "
+            + ("Changed since: " + "; ".join(lines) if lines else "Reload to see the record.")
+        )
+        error.changes = changed
+        raise error
+    reason = (change_reason or "").strip()
+    if current.status != RecordStatus.DRAFT and not reason:
+        raise ValidationFailed(
+            "This record has been submitted: give a reason for the change.", field="change_reason"
+        )
+    return reason or "edited while draft"
+
+
+def store(
+    model: type[models.Model],
+    instance: models.Model | None,
+    fields: dict[str, Any],
+    *,
+    acting_user: User,
+    reason: str,
+) -> models.Model:
+    """Create a record, or apply an edit already cleared by `edit_guard` (version + 1; a
+    verified record goes back to submitted for review)."""
+    if instance is None:
+        obj = model(**fields)
+    else:
+        obj = type(instance).objects.get(pk=instance.pk)
+        for name, value in fields.items():
+            setattr(obj, name, value)
+        obj.version += 1
+        if obj.status == RecordStatus.VERIFIED:
+            obj.status = RecordStatus.SUBMITTED
+    obj = save_or_refuse(obj, acting_user=acting_user, reason=reason)
+    queries_from_edit_checks(obj, acting_user=acting_user)
+    return obj
+
+
+# -- status transitions -------------------------------------------------------------------------
+
+
+def _check_password(user: User, password: str) -> None:
+    if not password or not user.check_password(password):
+        raise NotPermitted(
+            "The password is not correct; the signature was not applied.", field="password"
+        )
+
+
+def _transition(
+    instance: models.Model, *, to: str, allowed_from: Iterable[str], acting_user: User, reason: str
+) -> models.Model:
+    obj = type(instance).objects.select_for_update().get(pk=instance.pk)
+    if obj.status not in allowed_from:
+        raise ValidationFailed(
+            f"A {obj.get_status_display().lower()} record cannot become {to}.", field="status"
+        )
+    obj.status = to
+    obj.version += 1
+    return audited_save(obj, acting_user=acting_user, reason=reason)
+
+
+@transaction.atomic
+def record_submit(instance: models.Model, *, acting_user: User) -> models.Model:
+    require_site_role(acting_user, instance.site, DATA_ENTRY_ROLES)
+    return _transition(
+        instance,
+        to=RecordStatus.SUBMITTED,
+        allowed_from=[RecordStatus.DRAFT],
+        acting_user=acting_user,
+        reason="submitted",
+    )
+
+
+@transaction.atomic
+def patient_submit(patient: Patient, *, acting_user: User) -> int:
+    """Submit the patient and every draft record of theirs; returns how many were submitted."""
+    require_site_role(acting_user, patient.site, DATA_ENTRY_ROLES)
+    count = 0
+    for record in patient_records(patient):
+        if record.status == RecordStatus.DRAFT:
+            _transition(
+                record,
+                to=RecordStatus.SUBMITTED,
+                allowed_from=[RecordStatus.DRAFT],
+                acting_user=acting_user,
+                reason="submitted",
+            )
+            count += 1
+    return count
+
+
+def patient_records(patient: Patient) -> list[models.Model]:
+    records: list[models.Model] = [Patient.objects.get(pk=patient.pk)]
+    for model in RECORD_MODELS.values():
+        if model is not Patient:
+            records.extend(model.objects.filter(patient=patient).order_by("pk"))
+    return records
+
+
+def _open_queries(instance: models.Model) -> int:
+    return DataQuery.objects.filter(
+        record_model=record_kind(instance),
+        record_id=instance.pk,
+        status__in=[DataQuery.Status.OPEN, DataQuery.Status.ANSWERED],
+    ).count()
+
+
+@transaction.atomic
+def record_verify(instance: models.Model, *, acting_user: User, password: str) -> models.Model:
+    """A monitor's e-signature: 'I have reviewed this record against the source'."""
+    require_site_role(acting_user, instance.site, REVIEW_ROLES)
+    _check_password(acting_user, password)
+    if _open_queries(instance):
+        raise ValidationFailed(
+            "Close the record's open queries before verifying it.", field="status"
+        )
+    return _transition(
+        instance,
+        to=RecordStatus.VERIFIED,
+        allowed_from=[RecordStatus.SUBMITTED],
+        acting_user=acting_user,
+        reason=f"e-signature by {acting_user.username}: verified against source "
+        f"at {timezone.now().isoformat(timespec='seconds')}",
+    )
+
+
+@transaction.atomic
+def record_lock(instance: models.Model, *, acting_user: User, password: str) -> models.Model:
+    require_site_role(acting_user, instance.site, REVIEW_ROLES)
+    _check_password(acting_user, password)
+    return _transition(
+        instance,
+        to=RecordStatus.LOCKED,
+        allowed_from=[RecordStatus.VERIFIED],
+        acting_user=acting_user,
+        reason=f"e-signature by {acting_user.username}: locked "
+        f"at {timezone.now().isoformat(timespec='seconds')}",
+    )
+
+
+@transaction.atomic
+def record_unlock(instance: models.Model, *, acting_user: User, reason: str) -> models.Model:
+    require_site_role(acting_user, instance.site, REVIEW_ROLES)
+    if not (reason or "").strip():
+        raise ValidationFailed("Unlocking needs a reason.", field="reason")
+    return _transition(
+        instance,
+        to=RecordStatus.SUBMITTED,
+        allowed_from=[RecordStatus.LOCKED],
+        acting_user=acting_user,
+        reason=f"unlocked: {reason.strip()}",
+    )
+
+
+# -- data queries -------------------------------------------------------------------------------
+
+
+def _patient_of(instance: models.Model) -> Patient:
+    return instance if isinstance(instance, Patient) else instance.patient
+
+
+@transaction.atomic
+def query_open(
+    instance: models.Model,
+    *,
+    field: str,
+    text: str,
+    acting_user: User | None,
+    automatic: bool = False,
+) -> DataQuery:
+    if not automatic:
+        require_site_role(acting_user, instance.site, REVIEW_ROLES)
+        if instance.status == RecordStatus.DRAFT:
+            raise ValidationFailed("Queries are opened on submitted records.", field="status")
+    if not (text or "").strip():
+        raise ValidationFailed("The query needs a question.", field="text")
+    valid = {f.name for f in content_fields(type(instance))} | {""}
+    if field not in valid:
+        raise ValidationFailed(f"{field!r} is not a field of this record.", field="field")
+    query = DataQuery(
+        site=instance.site,
+        patient=_patient_of(instance),
+        record_model=record_kind(instance),
+        record_id=instance.pk,
+        field=field,
+        text=text.strip(),
+        automatic=automatic,
+        opened_by=acting_user,
+    )
+    return audited_save(
+        query, acting_user=acting_user, reason="edit check" if automatic else "query opened"
+    )
+
+
+@transaction.atomic
+def query_answer(query: DataQuery, *, answer: str, acting_user: User) -> DataQuery:
+    require_site_role(acting_user, query.site, DATA_ENTRY_ROLES)
+    query = DataQuery.objects.select_for_update().get(pk=query.pk)
+    if query.status == DataQuery.Status.CLOSED:
+        raise ValidationFailed("This query is closed.", field="status")
+    if not (answer or "").strip():
+        raise ValidationFailed("The answer is empty.", field="answer")
+    query.answer, query.status = answer.strip(), DataQuery.Status.ANSWERED
+    query.answered_by, query.answered_at = acting_user, timezone.now()
+    return audited_save(query, acting_user=acting_user, reason="query answered")
+
+
+@transaction.atomic
+def query_close(query: DataQuery, *, acting_user: User) -> DataQuery:
+    require_site_role(acting_user, query.site, REVIEW_ROLES)
+    query = DataQuery.objects.select_for_update().get(pk=query.pk)
+    if query.status == DataQuery.Status.CLOSED:
+        return query
+    query.status = DataQuery.Status.CLOSED
+    query.closed_by, query.closed_at = acting_user, timezone.now()
+    return audited_save(query, acting_user=acting_user, reason="query closed")
+
+
+# -- edit checks: soft warnings that open a query ------------------------------------------------
+
+# A per-administration dose above these is implausible for any drug in the registry's use.
+DOSE_CEILING = {"mg": 6000, "mg/m2": 3000, "mg/kg": 20, "AUC": 7, "g": 6, "ug": 1000}
+
+
+def edit_checks(instance: models.Model) -> list[tuple[str, str]]:
+    """Soft warnings: accepted, but each opens a query for the monitor."""
+    warnings = []
+    if isinstance(instance, DrugAdministration) and instance.dose is not None:
+        ceiling = DOSE_CEILING.get(instance.dose_unit)
+        if ceiling is not None and instance.dose > ceiling:
+            warnings.append(
+                (
+                    "dose",
+                    f"Implausible dose {instance.dose} {instance.dose_unit} "
+                    f"(above {ceiling}); please confirm.",
+                )
+            )
+    if isinstance(instance, AdverseEvent) and instance.grade >= 4 and not instance.serious:
+        warnings.append(
+            (
+                "serious",
+                f"Grade {instance.grade} event not marked serious "
+                "(hospitalisation); please confirm.",
+            )
+        )
+    if isinstance(instance, LabResult) and instance.lab and instance.value_canonical is not None:
+        low = instance.lab.attributes.get("reference_low")
+        high = instance.lab.attributes.get("reference_high")
+        if high and instance.value_canonical > 10 * high:
+            warnings.append(
+                (
+                    "value_text",
+                    f"{instance.value_text} is far above the reference "
+                    f"range (up to {high}); please confirm.",
+                )
+            )
+        if low and instance.value_canonical < low / 20:
+            warnings.append(
+                (
+                    "value_text",
+                    f"{instance.value_text} is far below the reference "
+                    f"range (from {low}); please confirm.",
+                )
+            )
+    return warnings
+
+
+def queries_from_edit_checks(instance: models.Model, *, acting_user: User | None) -> list:
+    opened = []
+    existing = set(
+        DataQuery.objects.filter(
+            record_model=record_kind(instance),
+            record_id=instance.pk,
+            automatic=True,
+            status__in=[DataQuery.Status.OPEN, DataQuery.Status.ANSWERED],
+        ).values_list("field", flat=True)
+    )
+    for field, text in edit_checks(instance):
+        if field not in existing:
+            opened.append(
+                query_open(
+                    instance, field=field, text=text, acting_user=acting_user, automatic=True
+                )
+            )
+    return opened
