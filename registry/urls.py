@@ -2,11 +2,27 @@ from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
-from registry import views
+from registry.views import common, pages, terms
+
+KIND = "<str:kind>/<int:pk>"
 
 urlpatterns = [
-    path("", views.home, name="home"),
-    path("healthz", views.healthz, name="healthz"),
+    path("", pages.home, name="home"),
+    path("healthz", common.healthz, name="healthz"),
+    path("patients/", pages.patient_list, name="patient_list"),
+    path("patients/new/", pages.patient_new, name="patient_new"),
+    path("patients/<str:registry_id>/", pages.chart, name="patient_chart"),
+    path("patients/<str:registry_id>/submit/", pages.patient_submit, name="patient_submit"),
+    path("patients/<str:registry_id>/<str:kind>/new/", pages.record_new, name="record_new"),
+    path(f"patients/<str:registry_id>/{KIND}/edit/", pages.record_edit, name="record_edit"),
+    path(f"patients/<str:registry_id>/{KIND}/audit/", pages.record_audit, name="record_audit"),
+    path(f"patients/<str:registry_id>/{KIND}/query/", pages.query_new, name="query_new"),
+    path(f"patients/<str:registry_id>/{KIND}/<str:action>/", pages.record_sign,
+         name="record_sign"),
+    path("queries/<int:query_id>/<str:action>/", pages.query_act, name="query_act"),
+    path("terms/suggest", terms.suggest, name="term_suggest"),
+    path("terms/grades", terms.grades, name="term_grades"),
+    path("terms/lab-preview", terms.lab_preview, name="lab_preview"),
     path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("i18n/", include("django.conf.urls.i18n")),

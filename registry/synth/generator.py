@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from registry.biomarkers import parse_biomarkers
 from registry.synth import catalogue as cat
 
 EPOCH = dt.date(1970, 1, 1)
@@ -1055,22 +1056,5 @@ def _unit_code(word: str) -> str:
     return _UNIT_CODES[word]
 
 
-def biomarkers_dict(text: str) -> dict:
-    """'EGFR+; ALK-; PD-L1 50%' -> {"EGFR": "+", "ALK": "-", "PD-L1": "50%"}."""
-    out = {}
-    for part in (text or "").split(";"):
-        part = part.strip()
-        if not part:
-            continue
-        if part[-1] in "+-":
-            out[part[:-1].strip()] = part[-1]
-        elif " " in part:
-            name, value = part.rsplit(" ", 1)
-            out[name.strip()] = value.strip()
-        else:
-            out[part] = ""
-    return out
-
-
 def biomarkers_json(text: str) -> str:
-    return json.dumps(biomarkers_dict(text), ensure_ascii=False)
+    return json.dumps(parse_biomarkers(text), ensure_ascii=False)

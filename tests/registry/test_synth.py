@@ -16,6 +16,7 @@ import pytest
 from django.core.management import CommandError, call_command
 from django.db import connection
 
+from registry.biomarkers import parse_biomarkers
 from registry.models import AdverseEvent, Concept, Cycle, LabResult, Patient, SiteTerm
 from registry.services import clinical
 from registry.synth import generator as g
@@ -105,7 +106,7 @@ def test_every_generated_row_passes_the_registrys_own_validation(ada):
             patient=patients[row.pidx], diagnosis_date=day(row.diagnosis_date),
             cancer=row.cancer_word, stage_system=row.stage_system, stage_group=row.stage_group,
             t=row.t, n=row.n, m=row.m, ecog=None if pd.isna(row.ecog) else int(row.ecog),
-            biomarkers=g.biomarkers_dict(row.biomarkers), acting_user=ada)
+            biomarkers=parse_biomarkers(row.biomarkers), acting_user=ada)
     for row in site_cohort.lines.itertuples():
         lines[(row.pidx, row.line_no)] = clinical.treatment_line_record(
             patient=patients[row.pidx], line_no=int(row.line_no), start_date=day(row.start_date),
