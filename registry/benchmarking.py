@@ -38,6 +38,7 @@ class Figure:
     baseline_s: float
     rows: int
     peak_rss_mib: float
+    extra: dict | None = None
 
     @property
     def ratio(self) -> float:
@@ -54,16 +55,18 @@ class Figure:
         out["ours_s"] = round(self.ours_s, 3)
         out["baseline_s"] = round(self.baseline_s, 3)
         out["peak_rss_mib"] = round(self.peak_rss_mib, 1)
+        out.update(out.pop("extra") or {})
         return out
 
     def as_json(self) -> str:
         return json.dumps(self.as_dict())
 
     def as_text(self) -> str:
+        extra = "".join(f"; {k} {v}" for k, v in (self.extra or {}).items())
         return (
-            f"{self.name}: ours {self.ours_s:.2f} s, {self.baseline} {self.baseline_s:.2f} s, "
+            f"{self.name}: ours {self.ours_s:.4f} s, {self.baseline} {self.baseline_s:.4f} s, "
             f"ratio {self.ratio:.2f}x; {self.rows:,} rows, {self.rows_per_s:,.0f} rows/s; "
-            f"peak memory {self.peak_rss_mib:,.0f} MiB"
+            f"peak memory {self.peak_rss_mib:,.0f} MiB{extra}"
         )
 
 
@@ -85,9 +88,9 @@ class Stopwatch:
 
 
 @contextmanager
-def scratch_database(verbosity: int = 0):
+def scratch_database(verbosity: int = 0, keep: bool = False):
     """A throwaway PostgreSQL database (created, migrated, then dropped), so a benchmark never
-    touches the registry's own data."""
+    touches the registry's own data. With `keep`, an existing one is reused and kept."""
     if connection.vendor != "postgresql":
         raise RuntimeError(
             "Benchmarks measure against PostgreSQL COPY: set DATABASE_URL to a PostgreSQL server."
@@ -95,8 +98,8 @@ def scratch_database(verbosity: int = 0):
     creation = connection.creation
     original = connection.settings_dict["NAME"]
     connection.settings_dict.setdefault("TEST", {})["NAME"] = f"{original}_bench"
-    creation.create_test_db(verbosity=verbosity, autoclobber=True, serialize=False)
+    creation.create_test_db(verbosity=verbosity, autoclobber=True, serialize=False, keepdb=keep)
     try:
         yield connection.settings_dict["NAME"]
     finally:
-        creation.destroy_test_db(original, verbosity=verbosity)
+        creation.destroy_test_db(original, verbosity=verbosity, keepdb=keep)

@@ -74,3 +74,86 @@ def seed_benchmark(
             peak_rss_mib=ours_rss,
         )
     ]
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def _measure_page(client, url: str, repeats: int) -> tuple[list[float], list[float], int]:
+    """Server time of the page through Django, and the time of its SQL alone (the physical
+    limit: the same statements straight on the database connection)."""
+    import time
+
+    from django.test.utils import CaptureQueriesContext
+
+    client.get(url)  # warm caches and connection
+    ours, database = [], []
+    rows = 0
+    for _ in range(repeats):
+        with CaptureQueriesContext(connection) as captured:
+            started = time.perf_counter()
+            response = client.get(url)
+            ours.append(time.perf_counter() - started)
+        if response.status_code != 200:
+            raise RuntimeError(f"{url} answered {response.status_code}")
+        started = time.perf_counter()
+        with connection.cursor() as cursor:
+            for query in captured.captured_queries:
+                sql = query["sql"]
+                if sql.lstrip().upper().startswith(("SELECT", "WITH")):
+                    cursor.execute(sql)
+                    rows += len(cursor.fetchall())
+        database.append(time.perf_counter() - started)
+    return ours, database, rows // repeats
+
+
+@benchmark("pages")
+def pages_benchmark(*, patients: int, progress=print, repeats: int = 20,
+                    keepdb: bool = False) -> list[Figure]:
+    """Server time of the work queue, patient list and chart (median and p95) against the
+    time of the same SQL run directly."""
+    import random
+
+    from django.test import Client, override_settings
+
+    from registry.models import Patient, Role, Site
+    from registry.services.organisation import user_add
+
+    figures = []
+    with scratch_database(keep=keepdb), override_settings(
+            ALLOWED_HOSTS=["testserver"], SECURE_SSL_REDIRECT=False, DEBUG=False):
+        if Patient.objects.count() != patients:
+            with connection.cursor() as cursor:
+                tables = ", ".join(_tables())
+                cursor.execute(f"TRUNCATE {tables}, registry_siteterm, registry_termmapping, "
+                               f"registry_department, registry_site CASCADE")
+            starter_vocabulary_load(acting_user=None)
+            seed(patients=patients, sites=max(1, min(300, patients // 1500)), seed=42,
+                 progress=progress)
+        biggest = max(Site.objects.all(), key=lambda s: Patient.objects.filter(site=s).count())
+        clerk, _ = user_add(username="bench_clerk", role=Role.CLERK, site_codes=[biggest.code],
+                            acting_user=None)
+        client = Client()
+        client.force_login(clerk)
+        ids = list(Patient.objects.filter(site=biggest).values_list("registry_id", flat=True))
+        sample = random.Random(1).sample(ids, min(repeats, len(ids)))
+        pages = {"queue": ["/"], "patient_list": ["/patients/", "/patients/?status=locked",
+                                                  "/patients/?cancer=C34&page=2"],
+                 "search": [f"/patients/?q={i}" for i in sample[:5]],
+                 "chart": [f"/patients/{i}/" for i in sample]}
+        for name, urls in pages.items():
+            ours, database, rows = [], [], 0
+            for url in urls:
+                o, d, r = _measure_page(client, url, max(1, repeats // len(urls)))
+                ours += o
+                database += d
+                rows += r
+            figures.append(Figure(
+                name=f"pages:{name}", ours_s=_percentile(ours, 0.5), baseline="sql_only",
+                baseline_s=_percentile(database, 0.5), rows=rows, peak_rss_mib=peak_rss_mib(),
+                extra={"p95_s": round(_percentile(ours, 0.95), 4),
+                       "sql_p95_s": round(_percentile(database, 0.95), 4),
+                       "requests": len(ours), "site_patients": len(ids)}))
+    return figures

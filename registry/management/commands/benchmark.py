@@ -15,6 +15,8 @@ class Command(BaseCommand):
         parser.add_argument("--json", action="store_true",
                             help="print one JSON object per measured figure")
         parser.add_argument("--list", action="store_true")
+        parser.add_argument("--keepdb", action="store_true",
+                            help="keep the scratch database and reuse it next time (pages)")
 
     def handle(self, *args, **opts):
         autodiscover_modules("benchmarks")
@@ -30,7 +32,8 @@ class Command(BaseCommand):
             raise CommandError("--patients must be at least 1.")
         progress = (lambda m: self.stderr.write(m)) if opts["json"] else self.stdout.write
         try:
-            figures = function(patients=opts["patients"], progress=progress)
+            kwargs = {"keepdb": True} if opts["keepdb"] else {}
+            figures = function(patients=opts["patients"], progress=progress, **kwargs)
         except RuntimeError as exc:
             raise CommandError(str(exc)) from exc
         for figure in figures:
