@@ -7,6 +7,7 @@ registry-wide roles: carol (committee), ivan (investigator), pat (partner), ada 
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 from urllib.parse import urlparse
 
@@ -38,6 +39,10 @@ def _unavailable(reason: str) -> None:
 def _service_markers(request):
     if request.node.get_closest_marker("postgres") and connection.vendor != "postgresql":
         _unavailable("needs PostgreSQL (set DATABASE_URL)")
+    if request.node.get_closest_marker("browser") and not (
+        shutil.which("chromium") or shutil.which("chromium-browser")
+    ):
+        _unavailable("needs Chromium (apt-get install chromium)")
     if request.node.get_closest_marker("redis"):
         url = urlparse(os.environ.get("REDIS_URL") or os.environ.get("CELERY_BROKER_URL") or "")
         try:

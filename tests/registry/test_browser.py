@@ -1,0 +1,187 @@
+"""The clerk's and the monitor's day in a real browser (Playwright driving Debian's Chromium)."""
+
+import os
+import shutil
+
+import pytest
+
+from registry.models import AdverseEvent, DataQuery, LabResult, Patient, RecordStatus
+
+# Playwright's sync API runs an event loop in this thread; the test's own ORM calls are
+# ordinary synchronous code between browser steps.
+os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
+
+
+@pytest.fixture
+def browser_settings(settings):
+    settings.ALLOWED_HOSTS = ["localhost", "127.0.0.1"]
+    settings.SESSION_COOKIE_SECURE = False
+    settings.CSRF_COOKIE_SECURE = False
+    settings.SECURE_SSL_REDIRECT = False
+
+
+@pytest.fixture
+def page(browser_settings):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync", "--no-first-run"])
+        context = browser.new_context(locale="en-US")
+        context.set_default_timeout(15_000)
+        yield context.new_page()
+        browser.close()
+
+
+def login(page, base, username):
+    page.context.clear_cookies()
+    page.goto(f"{base}/accounts/login/")
+    page.fill("#id_username", username)
+    page.fill("#id_password", f"pw-{username}")
+    page.click("button[type=submit]")
+    page.wait_for_url(f"{base}/")
+
+
+def add(page, section_text, link_text, fields: dict, selects: dict | None = None):
+    page.locator("section", has=page.locator("h2", has_text=section_text)).get_by_role(
+        "link", name=link_text).click()
+    for selector, value in fields.items():
+        page.fill(selector, value)
+    for selector, value in (selects or {}).items():
+        page.select_option(selector, value)
+    page.click("#save")
+    page.wait_for_selector("h1 small")  # back on the chart
+
+
+def test_clerk_and_monitor_do_their_day_in_the_browser(
+        vocabulary, site_a, alice, mona, live_server, page):
+    base = live_server.url
+    login(page, base, "alice")
+    assert page.locator("#count-drafts").inner_text() == "0"
+    page.get_by_role("link", name="Register a patient").first.click()
+    page.fill("#id_patient_no", "ZY2024000123")
+    page.select_option("#id_sex", "F")
+    page.fill("#id_birth_year", "1961")
+    page.click("#save")
+    page.wait_for_selector("h1 small")
+    patient = Patient.objects.get(site=site_a)
+    assert patient.registry_id in page.locator("h1").inner_text()
+
+    add(page, "Diagnoses", "+ Add", {"#id_diagnosis_date": "2024-03-05", "#id_cancer": "肺癌",
+                                     "#id_stage_group": "IVA", "#id_biomarkers": "EGFR-; ALK-"})
+    assert "C34" in page.content()
+    add(page, "Treatment", "+ Line", {"#id_line_no": "1", "#id_regimen": "PP",
+                                      "#id_start_date": "2024-03-15"})
+    add(page, "Treatment", "+ Cycle", {"#id_cycle_no": "1", "#id_start_date": "2024-03-15"})
+    add(page, "Treatment", "+ Cycle", {"#id_cycle_no": "2", "#id_start_date": "2024-04-05"})
+    add(page, "Treatment", "+ Drug", {"#id_drug": "DDP", "#id_dose": "75"},
+        {"#id_dose_unit": "mg/m2"})
+    assert "cisplatin" in page.content()
+
+    # The grade picker shows the CTCAE definitions of the chosen term.
+    page.locator("section", has=page.locator("h2", has_text="Adverse events")).get_by_role(
+        "link", name="+ Add").click()
+    page.fill("#id_term", "恶心")
+    page.wait_for_selector("#grade-help li")
+    assert "G3: Inadequate oral caloric" in page.locator("#grade-help").inner_text()
+    page.select_option("#id_grade", "2")
+    page.fill("#id_onset_date", "2024-03-17")
+    page.select_option("#id_cycle", index=1)
+    page.click("#save")
+    page.wait_for_selector("h1 small")
+
+    # Lab entry shows the canonical value and proposes the CTCAE grade.
+    page.locator("section", has=page.locator("h2", has_text="Labs")).get_by_role(
+        "link", name="+ Add").click()
+    page.fill("#id_test", "ANC")
+    page.fill("#id_unit", "/mm3")
+    page.fill("#id_value", "800")
+    page.fill("#id_collected_date", "2024-03-25")
+    page.wait_for_function(
+        "document.getElementById('lab-preview').textContent.includes('0.8 10*9/L')")
+    assert "Neutrophil count decreased G3" in page.locator("#lab-preview").inner_text()
+    page.click("#save")
+    page.wait_for_selector("h1 small")
+    assert LabResult.objects.get(patient=patient).value_canonical == pytest.approx(0.8)
+
+    page.click("#submit-drafts")
+    page.wait_for_selector("text=records submitted")
+    ae = AdverseEvent.objects.get(patient=patient)
+    assert ae.status == RecordStatus.SUBMITTED
+
+    # The monitor opens a query on the adverse event's grade.
+    login(page, base, "mona")
+    page.goto(f"{base}/patients/{patient.registry_id}/")
+    page.locator("tr", has_text="恶心").get_by_role("link", name="Query").click()
+    page.fill("#id_field", "grade")
+    page.fill("#id_text", "Notes say tube feeding: grade 3?")
+    page.click("#save")
+    page.wait_for_selector("text=Query opened.")
+
+    # The clerk corrects the grade, with a reason, and answers.
+    login(page, base, "alice")
+    assert page.locator("#count-queries").inner_text() == "1"
+    page.goto(f"{base}/patients/{patient.registry_id}/")
+    page.locator("tr", has_text="恶心").get_by_role("link", name="Edit").click()
+    page.select_option("#id_grade", "3")
+    page.fill("#id_change_reason", "Tube feeding documented on day 3")
+    page.click("#save")
+    page.wait_for_selector("text=Saved.")
+    page.get_by_role("link", name="Answer").first.click()
+    page.fill("#id_answer", "Corrected to grade 3.")
+    page.click("#save")
+    page.wait_for_selector("h1 small")
+
+    # The monitor closes the query, verifies with a password and locks.
+    login(page, base, "mona")
+    page.goto(f"{base}/patients/{patient.registry_id}/")
+    page.locator("li.query").get_by_role("button", name="Close").click()
+    page.wait_for_selector("h1 small")
+    page.locator("tr", has_text="恶心").get_by_role("link", name="Verify").click()
+    page.fill("#id_password", "wrong")
+    page.click("#save")
+    page.wait_for_selector("text=The password is not correct")
+    page.fill("#id_password", "pw-mona")
+    page.click("#save")
+    page.wait_for_selector("text=Done.")
+    page.locator("tr", has_text="恶心").get_by_role("link", name="Lock").click()
+    page.fill("#id_password", "pw-mona")
+    page.click("#save")
+    page.wait_for_selector("text=Done.")
+
+    ae.refresh_from_db()
+    assert (ae.status, ae.grade) == (RecordStatus.LOCKED, 3)
+    assert DataQuery.objects.get(automatic=False).status == DataQuery.Status.CLOSED
+    reasons = list(ae.history.values_list("history_change_reason", flat=True))
+    assert "Tube feeding documented on day 3" in reasons
+    # Locked: the edit link is gone from the row.
+    assert page.locator("tr", has_text="恶心").get_by_role("link", name="Edit").count() == 0
+
+
+def test_the_second_save_is_refused_in_the_browser(vocabulary, site_a, alice, mona,
+                                                   live_server, page):
+    from tests.registry import factories
+
+    patient = factories.full_record(site_a, alice)
+    ae = AdverseEvent.objects.get(patient=patient)
+    base = live_server.url
+    login(page, base, "alice")
+    page.goto(f"{base}/patients/{patient.registry_id}/adverseevent/{ae.pk}/edit/")
+    # Meanwhile the monitor saves the same record.
+    from registry.services import clinical
+
+    clinical.adverse_event_record(
+        patient=patient, term=ae.ae_term.text, grade=3, onset_date=ae.onset_date,
+        cycle=ae.cycle, instance=ae, expected_version=ae.version, acting_user=mona)
+    page.select_option("#id_grade", "1")
+    page.click("#save")
+    page.wait_for_selector(".stale")
+    assert "mona" in page.locator(".stale").inner_text()
+    assert page.locator("#id_grade").input_value() == "1"  # alice's input is still there
+    ae.refresh_from_db()
+    assert ae.grade == 3
