@@ -183,3 +183,21 @@ def test_term_suggestions_offer_cisplatin_for_ddp_and_the_chinese_name(as_alice,
                                                   "unit": "/mm3"}).json()
     assert preview["canonical"] == "0.8 10*9/L"
     assert preview["proposed"] == {"term": "Neutrophil count decreased", "grade": 3}
+
+
+@pytest.mark.parametrize(("test", "value", "expected"), [
+    ("751-8", 0.4, ("Neutrophil count decreased", 4)),
+    ("751-8", 1.6, ("Neutrophil count decreased", 1)),
+    ("751-8", 3.0, None),
+    ("777-3", 40, ("Platelet count decreased", 3)),
+    ("718-7", 85, ("Anemia", 2)),
+    ("718-7", 75, ("Anemia", 3)),
+    ("1742-6", 250, ("Alanine aminotransferase increased", 3)),
+    ("1742-6", 30, None),
+])
+def test_lab_values_propose_ctcae_grades(test, value, expected):
+    from registry.models import Concept
+    from registry.views.terms import propose_grade
+
+    lab = Concept.objects.get(vocabulary__code="LOINC", code=test)
+    assert propose_grade(lab, value) == expected
