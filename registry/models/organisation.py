@@ -33,6 +33,9 @@ class Site(models.Model):
     province = models.CharField(max_length=64, blank=True)
     tier = models.CharField(max_length=16, choices=Tier.choices, default=Tier.TERTIARY)
     is_active = models.BooleanField(default=True)
+    # Mapping policy: exact, synonym and learned suggestions at or above this score are
+    # approved without review; empty means every new word waits for a person.
+    auto_approve_min_score = models.FloatField(null=True, blank=True, default=0.95)
     created_at = models.DateTimeField(auto_now_add=True)
 
     history = HistoricalRecords()

@@ -122,6 +122,8 @@ class SiteTerm(models.Model):
     text = models.CharField(max_length=500)
     normalised = models.CharField(max_length=500, db_index=True)
     frequency = models.PositiveIntegerField(default=0)
+    # A reviewer's judgement that no concept fits this word (it leaves the review queue).
+    unmappable = models.BooleanField(default=False)
     created_at = models.DateTimeField(auto_now_add=True)
 
     history = HistoricalRecords()

@@ -28,8 +28,9 @@ from registry.models import (
     TreatmentLine,
 )
 from registry.pseudonyms import hospital_number_hash
+from registry.services.mapping import term_resolve
 from registry.services.organisation import require_site_role
-from registry.services.terminology import convert_to_canonical, term_resolve
+from registry.services.terminology import convert_to_canonical
 from registry.services.workflow import edit_guard, save_or_refuse, store
 
 DATA_ENTRY_ROLES = (Role.CLERK, Role.MONITOR)

@@ -7,7 +7,6 @@ from pathlib import Path
 
 from django.contrib.auth.models import User
 from django.db import connection, transaction
-from django.utils import timezone
 
 from registry.audit import audited_save
 from registry.errors import ValidationFailed
@@ -62,86 +61,6 @@ def approved_concept(term: SiteTerm | None) -> Concept | None:
         .first()
     )
     return mapping.concept if mapping else None
-
-
-def exact_concept(domain: str, text: str) -> Concept | None:
-    """A concept whose code, English or Chinese name, or synonym equals `text` once normalised.
-
-    Returns None when nothing matches or when the word is ambiguous (matches two concepts).
-    """
-    key = _normalise(domain, text)
-    if not key:
-        return None
-    matches: set[int] = set()
-    for concept in Concept.objects.filter(domain=domain, is_active=True).only(
-        "id", "code", "name_en", "name_zh"
-    ):
-        if key in {_normalise(domain, concept.code), _normalise(domain, concept.name_en),
-                   _normalise(domain, concept.name_zh)}:
-            matches.add(concept.id)
-    synonyms = ConceptSynonym.objects.filter(concept__domain=domain).only("concept_id", "name")
-    for synonym in synonyms:
-        if _normalise(domain, synonym.name) == key:
-            matches.add(synonym.concept_id)
-    if len(matches) != 1:
-        return None
-    return Concept.objects.select_related("vocabulary").get(pk=matches.pop())
-
-
-def mapping_approve(
-    *,
-    site_term: SiteTerm,
-    concept: Concept,
-    acting_user: User | None,
-    method: str = TermMapping.Method.MANUAL,
-    score: float = 1.0,
-    reason: str = "mapping approved",
-) -> TermMapping:
-    """Make `concept` the approved meaning of `site_term` (any other approval is withdrawn)."""
-    if concept.domain != site_term.domain:
-        raise ValidationFailed(
-            f"{concept} is a {concept.domain} concept; the term {site_term.text!r} is a "
-            f"{site_term.domain} term.",
-            field="concept",
-        )
-    with transaction.atomic():
-        for other in TermMapping.objects.select_for_update().filter(
-            site_term=site_term, status=MappingStatus.APPROVED
-        ).exclude(concept=concept):
-            other.status = MappingStatus.REJECTED
-            other.reviewed_by, other.reviewed_at = acting_user, timezone.now()
-            audited_save(other, acting_user=acting_user, reason=f"superseded: {reason}")
-        mapping = TermMapping.objects.filter(site_term=site_term, concept=concept).first()
-        if mapping is None:
-            mapping = TermMapping(site_term=site_term, concept=concept)
-        elif mapping.status == MappingStatus.APPROVED:
-            return mapping
-        mapping.status = MappingStatus.APPROVED
-        mapping.method, mapping.score = method, score
-        mapping.reviewed_by, mapping.reviewed_at = acting_user, timezone.now()
-        audited_save(mapping, acting_user=acting_user, reason=reason)
-    return mapping
-
-
-def term_resolve(
-    *, site: Site, domain: str, text: str, acting_user: User | None
-) -> tuple[SiteTerm, Concept | None]:
-    """The site term for `text` and its concept.
-
-    A word with an approved mapping resolves to it. A word that is exactly a standard code,
-    name or synonym is mapped on first use (method exact). Anything else stays a site term
-    awaiting mapping: the concept is None, and the caller stores the row anyway.
-    """
-    term = site_term_get_or_create(site=site, domain=domain, text=text, acting_user=acting_user)
-    concept = approved_concept(term)
-    if concept is None and not term.mappings.exists():
-        concept = exact_concept(domain, text)
-        if concept is not None:
-            mapping_approve(
-                site_term=term, concept=concept, acting_user=acting_user,
-                method=TermMapping.Method.EXACT, score=1.0, reason="exact match on first use",
-            )
-    return term, concept
 
 
 def convert_to_canonical(

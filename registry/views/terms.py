@@ -11,7 +11,8 @@ from registry import access
 from registry.errors import ValidationFailed
 from registry.models import Concept, Domain, MappingStatus
 from registry.services.clinical import lab_value_parse
-from registry.services.terminology import approved_concept, convert_to_canonical, exact_concept
+from registry.services.mapping import exact_concept
+from registry.services.terminology import approved_concept, convert_to_canonical
 
 LIMIT = 15
 

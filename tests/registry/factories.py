@@ -7,7 +7,8 @@ import itertools
 
 from registry.models import Concept, Patient, Site
 from registry.services import clinical, workflow
-from registry.services.terminology import mapping_approve, site_term_get_or_create
+from registry.services.mapping import mapping_approve
+from registry.services.terminology import site_term_get_or_create
 
 _numbers = itertools.count(1)
 

@@ -1,0 +1,381 @@
+"""Mapping local words to concepts: ranked suggestions, the site's auto-approval policy, review
+decisions, and re-coding every stored row when a word's meaning changes.
+
+Suggestions, best first: the exact code or name, a synonym (both after normalising case, width,
+spacing and punctuation, Chinese or English), what other sites already approved for the same
+word (learned), then fuzzy similarity (rapidfuzz).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import asdict, dataclass
+
+from django.contrib.auth.models import User
+from django.db import models, transaction
+from django.db.models import Count, Max
+from django.utils import timezone
+from rapidfuzz import fuzz, process
+
+from registry.audit import audited_save, bulk_update_audited
+from registry.errors import ValidationFailed
+from registry.models import (
+    AdverseEvent,
+    Concept,
+    ConceptSynonym,
+    Diagnosis,
+    Domain,
+    DrugAdministration,
+    LabResult,
+    MappingStatus,
+    Site,
+    SiteTerm,
+    TermMapping,
+    TreatmentLine,
+)
+from registry.services.terminology import (
+    approved_concept,
+    convert_to_canonical,
+    site_term_get_or_create,
+)
+from registry.textnorm import normalise_term, normalise_unit
+
+SCORE = {TermMapping.Method.EXACT: 1.0, TermMapping.Method.SYNONYM: 0.97}
+FUZZY_CEILING = 0.9  # a fuzzy match never outranks an exact one
+LEARNED_BASE = 0.9
+AUTO_METHODS = {TermMapping.Method.EXACT, TermMapping.Method.SYNONYM, TermMapping.Method.LEARNED}
+
+# Where each domain's words are used: (model, term field, concept field).
+USES: dict[str, list[tuple[type[models.Model], str, str]]] = {
+    Domain.CONDITION: [(Diagnosis, "cancer_term", "cancer")],
+    Domain.MORPHOLOGY: [(Diagnosis, "morphology_term", "morphology")],
+    Domain.REGIMEN: [(TreatmentLine, "regimen_term", "regimen")],
+    Domain.DRUG: [(DrugAdministration, "drug_term", "drug")],
+    Domain.ADVERSE_EVENT: [(AdverseEvent, "ae_term", "ae")],
+    Domain.LAB: [(LabResult, "test_term", "lab")],
+    Domain.UNIT: [(LabResult, "unit_term", "unit")],
+}
+
+
+@dataclass(frozen=True)
+class Suggestion:
+    concept_id: int
+    vocabulary: str
+    code: str
+    name_en: str
+    name_zh: str
+    score: float
+    method: str
+    detail: str = ""
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _normalise(domain: str, text: str) -> str:
+    return normalise_unit(text) if domain == Domain.UNIT else normalise_term(text)
+
+
+class _Index:
+    """Every name, Chinese name, code and synonym of a domain's concepts, normalised."""
+
+    _cache: dict[str, tuple[tuple, _Index]] = {}
+
+    def __init__(self, domain: str) -> None:
+        self.exact: dict[str, set[int]] = defaultdict(set)
+        self.synonym: dict[str, set[int]] = defaultdict(set)
+        self.choices: list[str] = []
+        self.owners: list[int] = []
+        concepts = Concept.objects.filter(domain=domain, is_active=True).values_list(
+            "id", "code", "name_en", "name_zh"
+        )
+        for concept_id, code, name_en, name_zh in concepts:
+            for name in (code, name_en, name_zh):
+                key = _normalise(domain, name)
+                if key:
+                    self.exact[key].add(concept_id)
+                    self._add_choice(key, concept_id)
+        synonyms = ConceptSynonym.objects.filter(
+            concept__domain=domain, concept__is_active=True
+        ).values_list("concept_id", "name")
+        for concept_id, name in synonyms:
+            key = _normalise(domain, name)
+            if key:
+                self.synonym[key].add(concept_id)
+                self._add_choice(key, concept_id)
+
+    def _add_choice(self, key: str, concept_id: int) -> None:
+        self.choices.append(key)
+        self.owners.append(concept_id)
+
+    @classmethod
+    def get(cls, domain: str) -> _Index:
+        stamp = (
+            Concept.objects.filter(domain=domain).aggregate(n=Count("id"), m=Max("id")),
+            ConceptSynonym.objects.aggregate(n=Count("id"), m=Max("id")),
+        )
+        key = repr(stamp)
+        cached = cls._cache.get(domain)
+        if cached is None or cached[0] != key:
+            cls._cache[domain] = (key, cls(domain))
+        return cls._cache[domain][1]
+
+
+def suggest(
+    domain: str, text: str, *, site: Site | None = None, limit: int = 5
+) -> list[Suggestion]:
+    """Ranked concepts for a local word; each with its score (0-1) and method."""
+    if domain not in Domain.values:
+        raise ValidationFailed(f"Unknown terminology domain {domain!r}.", field="domain")
+    key = _normalise(domain, text)
+    if not key:
+        return []
+    index = _Index.get(domain)
+    best: dict[int, tuple[float, str, str]] = {}
+
+    def offer(concept_id: int, score: float, method: str, detail: str = "") -> None:
+        if concept_id not in best or best[concept_id][0] < score:
+            best[concept_id] = (score, method, detail)
+
+    for concept_id in index.exact.get(key, ()):
+        offer(concept_id, SCORE[TermMapping.Method.EXACT], TermMapping.Method.EXACT)
+    for concept_id in index.synonym.get(key, ()):
+        offer(concept_id, SCORE[TermMapping.Method.SYNONYM], TermMapping.Method.SYNONYM)
+    learned = (
+        TermMapping.objects.filter(
+            status=MappingStatus.APPROVED, site_term__domain=domain, site_term__normalised=key
+        )
+        .exclude(site_term__site=site)
+        .values("concept_id")
+        .annotate(sites=Count("site_term__site", distinct=True))
+    )
+    for row in learned:
+        sites = row["sites"]
+        offer(
+            row["concept_id"],
+            round(LEARNED_BASE + 0.02 * min(sites, 4), 3),
+            TermMapping.Method.LEARNED,
+            f"approved at {sites} other site(s)",
+        )
+    if index.choices:
+        for _, score, position in process.extract(
+            key, index.choices, scorer=fuzz.WRatio, limit=limit * 3, score_cutoff=60
+        ):
+            offer(
+                index.owners[position],
+                round(FUZZY_CEILING * score / 100, 3),
+                TermMapping.Method.FUZZY,
+            )
+    concepts = Concept.objects.in_bulk(list(best))
+    ranked = sorted(best.items(), key=lambda item: (-item[1][0], concepts[item[0]].code))
+    return [
+        Suggestion(
+            concept_id=cid,
+            vocabulary=concepts[cid].vocabulary.code,
+            code=concepts[cid].code,
+            name_en=concepts[cid].name_en,
+            name_zh=concepts[cid].name_zh,
+            score=score,
+            method=method,
+            detail=detail,
+        )
+        for cid, (score, method, detail) in ranked[:limit]
+    ]
+
+
+def exact_concept(domain: str, text: str) -> Concept | None:
+    """The one concept whose code, name or synonym equals the word once normalised (None when
+    nothing or more than one matches)."""
+    index = _Index.get(domain)
+    key = _normalise(domain, text)
+    matches = index.exact.get(key, set()) | index.synonym.get(key, set())
+    if len(matches) != 1:
+        return None
+    return Concept.objects.select_related("vocabulary").get(pk=next(iter(matches)))
+
+
+def term_resolve(
+    *, site: Site, domain: str, text: str, acting_user: User | None
+) -> tuple[SiteTerm, Concept | None]:
+    """The site term for `text` and its concept.
+
+    A word with an approved mapping resolves to it. A new word gets suggestions, and is
+    approved at once when the site's policy allows (exact, synonym or learned, clear winner);
+    otherwise it is stored awaiting review and the concept is None: the clerk is never blocked.
+    """
+    term = site_term_get_or_create(site=site, domain=domain, text=text, acting_user=acting_user)
+    concept = approved_concept(term)
+    if concept is None and not term.unmappable and not term.mappings.exists():
+        mapping = term_suggestions_store(term, acting_user=acting_user)
+        concept = mapping.concept if mapping else None
+    return term, concept
+
+
+def auto_approvable(site: Site, suggestions: list[Suggestion]) -> Suggestion | None:
+    """The suggestion the site's policy approves without review, if any: a clear winner by an
+    exact, synonym or learned match at or above the site's threshold."""
+    threshold = site.auto_approve_min_score
+    if threshold is None or not suggestions:
+        return None
+    top = suggestions[0]
+    if top.method not in AUTO_METHODS or top.score < threshold:
+        return None
+    if len(suggestions) > 1 and suggestions[1].score >= threshold:
+        return None  # two concepts claim the word: a person decides
+    return top
+
+
+@transaction.atomic
+def term_suggestions_store(
+    term: SiteTerm, *, acting_user: User | None, limit: int = 3
+) -> TermMapping | None:
+    """Record suggestions for a term (status suggested) and approve one if the site's policy
+    allows; returns the approved mapping, if any."""
+    suggestions = suggest(term.domain, term.text, site=term.site, limit=limit)
+    winner = auto_approvable(term.site, suggestions)
+    if winner is not None:
+        return mapping_approve(
+            site_term=term,
+            concept=Concept.objects.get(pk=winner.concept_id),
+            acting_user=acting_user,
+            method=winner.method,
+            score=winner.score,
+            reason=f"auto-approved ({winner.method})",
+        )
+    existing = set(term.mappings.values_list("concept_id", flat=True))
+    for s in suggestions:
+        if s.concept_id not in existing:
+            audited_save(
+                TermMapping(
+                    site_term=term,
+                    concept_id=s.concept_id,
+                    score=s.score,
+                    method=s.method,
+                    status=MappingStatus.SUGGESTED,
+                ),
+                acting_user=acting_user,
+                reason="suggested",
+            )
+    return None
+
+
+@transaction.atomic
+def mapping_approve(
+    *,
+    site_term: SiteTerm,
+    concept: Concept,
+    acting_user: User | None,
+    method: str = TermMapping.Method.MANUAL,
+    score: float = 1.0,
+    reason: str = "mapping approved",
+) -> TermMapping:
+    """Make `concept` the approved meaning of the word and re-code every stored row that came
+    from it (audited, in this transaction). A previous approval is withdrawn."""
+    if concept.domain != site_term.domain:
+        raise ValidationFailed(
+            f"{concept} is a {concept.domain} concept; the word {site_term.text!r} is a "
+            f"{site_term.domain} word.",
+            field="concept",
+        )
+    previous = None
+    for other in (
+        TermMapping.objects.select_for_update()
+        .filter(site_term=site_term, status=MappingStatus.APPROVED)
+        .exclude(concept=concept)
+    ):
+        previous = other.concept
+        other.status = MappingStatus.REJECTED
+        other.reviewed_by, other.reviewed_at = acting_user, timezone.now()
+        audited_save(other, acting_user=acting_user, reason=f"superseded: {reason}")
+    mapping = TermMapping.objects.filter(site_term=site_term, concept=concept).first()
+    if mapping is not None and mapping.status == MappingStatus.APPROVED:
+        return mapping
+    mapping = mapping or TermMapping(site_term=site_term, concept=concept)
+    mapping.status, mapping.method, mapping.score = MappingStatus.APPROVED, method, score
+    mapping.reviewed_by, mapping.reviewed_at = acting_user, timezone.now()
+    audited_save(mapping, acting_user=acting_user, reason=reason)
+    if site_term.unmappable:
+        site_term.unmappable = False
+        audited_save(site_term, acting_user=acting_user, reason=reason)
+    old = f"{previous.code}" if previous else "unmapped"
+    recode(
+        site_term,
+        concept,
+        acting_user=acting_user,
+        reason=f"re-coded {site_term.text!r}: {old} -> {concept.code} ({reason})",
+    )
+    return mapping
+
+
+def recode(
+    site_term: SiteTerm, concept: Concept | None, *, acting_user: User | None, reason: str
+) -> int:
+    """Point every row that came from `site_term` at `concept`; labs get their canonical value
+    recomputed. Returns how many rows changed."""
+    changed = 0
+    for model, term_field, concept_field in USES[site_term.domain]:
+        rows = model.objects.filter(**{term_field: site_term})
+        if concept is None:
+            rows = rows.filter(**{f"{concept_field}__isnull": False})
+        else:
+            rows = rows.exclude(**{f"{concept_field}_id": concept.pk})
+        if model is LabResult:
+            rows = rows.select_related("lab", "unit")
+        rows = list(rows)
+        fields = [concept_field, "version"]
+        for row in rows:
+            setattr(row, concept_field, concept)
+            row.version += 1
+            if model is LabResult:
+                _lab_canonical(row)
+        if model is LabResult:
+            fields += ["value_canonical", "canonical_unit", "unit_flag"]
+        if rows:
+            bulk_update_audited(model, rows, fields, acting_user=acting_user, reason=reason)
+        changed += len(rows)
+    return changed
+
+
+def _lab_canonical(lab: LabResult) -> None:
+    lab.value_canonical, lab.canonical_unit = None, None
+    if lab.unit_term_id is None:
+        lab.unit_flag = LabResult.UnitFlag.MISSING
+    elif lab.unit is None or lab.lab is None:
+        lab.unit_flag = LabResult.UnitFlag.UNMAPPED
+    else:
+        value, canonical = convert_to_canonical(lab=lab.lab, unit=lab.unit, value=lab.value)
+        if value is None:
+            lab.unit_flag = LabResult.UnitFlag.UNCONVERTIBLE
+        else:
+            lab.value_canonical, lab.canonical_unit = value, canonical
+            lab.unit_flag = LabResult.UnitFlag.OK
+
+
+@transaction.atomic
+def mapping_reject(
+    *, mapping: TermMapping, acting_user: User, reason: str = "rejected"
+) -> TermMapping:
+    was_approved = mapping.status == MappingStatus.APPROVED
+    mapping.status = MappingStatus.REJECTED
+    mapping.reviewed_by, mapping.reviewed_at = acting_user, timezone.now()
+    audited_save(mapping, acting_user=acting_user, reason=reason)
+    if was_approved:
+        recode(
+            mapping.site_term,
+            None,
+            acting_user=acting_user,
+            reason=f"mapping of {mapping.site_term.text!r} withdrawn ({reason})",
+        )
+    return mapping
+
+
+@transaction.atomic
+def term_mark_unmappable(*, term: SiteTerm, acting_user: User, reason: str) -> SiteTerm:
+    if not (reason or "").strip():
+        raise ValidationFailed("Say why the word cannot be mapped.", field="reason")
+    for mapping in term.mappings.filter(
+        status__in=[MappingStatus.SUGGESTED, MappingStatus.APPROVED]
+    ):
+        mapping_reject(mapping=mapping, acting_user=acting_user, reason=f"not mappable: {reason}")
+    term.unmappable = True
+    return audited_save(term, acting_user=acting_user, reason=f"not mappable: {reason}")
