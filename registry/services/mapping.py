@@ -33,6 +33,7 @@ from registry.models import (
     TermMapping,
     TreatmentLine,
 )
+from registry.services.organisation import require_site_role
 from registry.services.terminology import (
     approved_concept,
     convert_to_canonical,
@@ -371,6 +372,7 @@ def mapping_reject(
 
 @transaction.atomic
 def term_mark_unmappable(*, term: SiteTerm, acting_user: User, reason: str) -> SiteTerm:
+    require_site_role(acting_user, term.site, REVIEW_ROLES)
     if not (reason or "").strip():
         raise ValidationFailed("Say why the word cannot be mapped.", field="reason")
     for mapping in term.mappings.filter(
@@ -379,3 +381,14 @@ def term_mark_unmappable(*, term: SiteTerm, acting_user: User, reason: str) -> S
         mapping_reject(mapping=mapping, acting_user=acting_user, reason=f"not mappable: {reason}")
     term.unmappable = True
     return audited_save(term, acting_user=acting_user, reason=f"not mappable: {reason}")
+
+
+REVIEW_ROLES = ("monitor",)
+
+
+def mapping_review_approve(*, term: SiteTerm, concept: Concept, acting_user: User,
+                           reason: str = "approved in review") -> TermMapping:
+    """A monitor's approval from the review queue."""
+    require_site_role(acting_user, term.site, REVIEW_ROLES)
+    return mapping_approve(site_term=term, concept=concept, acting_user=acting_user,
+                           method=TermMapping.Method.MANUAL, score=1.0, reason=reason)

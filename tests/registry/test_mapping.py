@@ -204,3 +204,35 @@ def test_recorded_rows_keep_their_word_when_a_lab_term_is_mapped(site_a, alice, 
     lab = LabResult.objects.get(pk=lab.pk)
     assert (lab.lab.code, lab.test_term.text, lab.value_canonical) == ("751-8", "中性粒(自动)",
                                                                        pytest.approx(0.7))
+
+
+def test_review_queue_page(client, site_a, alice, mona, bob):
+    p = factories.full_record(site_a, alice)
+    cycle = p.cycles.get()
+    clinical.drug_administration_record(cycle=cycle, drug="顺铂(进口)X", day=3, dose="5",
+                                        dose_unit="mg", acting_user=alice)
+    clinical.drug_administration_record(cycle=cycle, drug="神秘药", day=4, acting_user=alice)
+    client.force_login(mona)
+    page = client.get("/mapping/")
+    assert page.status_code == 200
+    assert "顺铂(进口)X" in page.text and "神秘药" in page.text and "DDP" not in page.text
+    term = SiteTerm.objects.get(site=site_a, text="顺铂(进口)X")
+    assert term.mappings.filter(status="suggested").first().concept.code == "L01XA01"
+    client.post("/mapping/act", {"action": "approve", "term": term.pk,
+                                 "concept": concept("L01XA01").pk})
+    row = DrugAdministration.objects.get(drug_term=term)
+    assert row.drug.code == "L01XA01"
+    assert "顺铂(进口)X" not in client.get("/mapping/").text
+    other = SiteTerm.objects.get(site=site_a, text="神秘药")
+    client.post("/mapping/act", {"action": "choose", "term": other.pk,
+                                 "concept_code": "ATC:L01CB01"})
+    assert DrugAdministration.objects.get(drug_term=other).drug.code == "L01CB01"
+    # A clerk may look but not approve; another site's monitor sees nothing of site A.
+    client.force_login(alice)
+    client.post("/mapping/act", {"action": "unmappable", "term": other.pk, "reason": "x"})
+    other.refresh_from_db()
+    assert not other.unmappable
+    client.force_login(bob)
+    assert "神秘药" not in client.get("/mapping/").text
+    assert client.post("/mapping/act", {"action": "unmappable", "term": other.pk,
+                                         "reason": "x"}).status_code == 404

@@ -1,0 +1,122 @@
+"""The mapping review queue: a site's words awaiting a concept, most frequent first."""
+
+from __future__ import annotations
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.paginator import Paginator
+from django.db.models import Prefetch
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.utils.translation import gettext as _
+from django.views.decorators.http import require_POST
+
+from registry import access
+from registry.errors import RegistryError
+from registry.models import Concept, Domain, MappingStatus, SiteTerm, TermMapping
+from registry.services.mapping import (
+    REVIEW_ROLES,
+    USES,
+    mapping_reject,
+    mapping_review_approve,
+    suggest,
+    term_mark_unmappable,
+)
+from registry.services.organisation import require_site_role
+
+PAGE_SIZE = 25
+
+
+def _samples(term: SiteTerm, limit: int = 3) -> list[str]:
+    out = []
+    for model, term_field, _concept_field in USES[term.domain]:
+        for row in model.objects.filter(**{term_field: term}).select_related("patient")[:limit]:
+            out.append(f"{row.patient.registry_id} · {row}")
+    return out[:limit]
+
+
+@login_required
+def review_queue(request: HttpRequest) -> HttpResponse:
+    domain = request.GET.get("domain", "")
+    terms = (access.site_terms_visible(request.user).filter(unmappable=False)
+             .exclude(mappings__status=MappingStatus.APPROVED)
+             .select_related("site").order_by("-frequency", "text")
+             .prefetch_related(Prefetch("mappings", queryset=TermMapping.objects.filter(
+                 status=MappingStatus.SUGGESTED).select_related("concept__vocabulary")
+                 .order_by("-score"))))
+    if domain in Domain.values:
+        terms = terms.filter(domain=domain)
+    if request.GET.get("site"):
+        terms = terms.filter(site__code=request.GET["site"])
+    page = Paginator(terms, PAGE_SIZE).get_page(request.GET.get("page"))
+    rows = []
+    for term in page:
+        suggestions = [{"concept_id": m.concept_id, "code": m.concept.code,
+                        "vocabulary": m.concept.vocabulary.code, "name_en": m.concept.name_en,
+                        "name_zh": m.concept.name_zh, "score": m.score, "method": m.method,
+                        "mapping_id": m.pk} for m in term.mappings.all()[:3]]
+        if not suggestions:
+            suggestions = [s.as_dict() for s in suggest(term.domain, term.text, site=term.site,
+                                                        limit=3)]
+        rows.append({"term": term, "suggestions": suggestions, "samples": _samples(term)})
+    return render(request, "registry/mapping_queue.html", {
+        "page": page, "rows": rows, "domains": Domain.choices, "domain": domain})
+
+
+@login_required
+@require_POST
+def review_act(request: HttpRequest) -> HttpResponse:
+    terms = access.site_terms_visible(request.user)
+    action = request.POST.get("action")
+    try:
+        if action == "approve":
+            term = get_object_or_404(terms, pk=request.POST.get("term"))
+            concept = get_object_or_404(Concept, pk=request.POST.get("concept"),
+                                        domain=term.domain)
+            mapping_review_approve(term=term, concept=concept, acting_user=request.user)
+        elif action == "choose":
+            term = get_object_or_404(terms, pk=request.POST.get("term"))
+            vocabulary, _sep, code = request.POST.get("concept_code", "").partition(":")
+            concept = Concept.objects.filter(vocabulary__code=vocabulary, code=code,
+                                             domain=term.domain).first()
+            if concept is None:
+                messages.error(request, _("No such concept: choose one from the list."))
+                return redirect(request.META.get("HTTP_REFERER") or "mapping_queue")
+            mapping_review_approve(term=term, concept=concept, acting_user=request.user)
+        elif action == "reject":
+            mapping = get_object_or_404(TermMapping.objects.filter(site_term__in=terms),
+                                        pk=request.POST.get("mapping"))
+            require_site_role(request.user, mapping.site_term.site, REVIEW_ROLES)
+            mapping_reject(mapping=mapping, acting_user=request.user)
+        elif action == "unmappable":
+            term = get_object_or_404(terms, pk=request.POST.get("term"))
+            term_mark_unmappable(term=term, acting_user=request.user,
+                                 reason=request.POST.get("reason", ""))
+        elif action == "bulk":
+            count = 0
+            for term in terms.filter(pk__in=request.POST.getlist("terms")):
+                best = suggest(term.domain, term.text, site=term.site, limit=1)
+                if best:
+                    mapping_review_approve(term=term,
+                                           concept=Concept.objects.get(pk=best[0].concept_id),
+                                           acting_user=request.user,
+                                           reason="bulk approval of the top suggestion")
+                    count += 1
+            messages.success(request, _("%(n)d mappings approved.") % {"n": count})
+        else:
+            messages.error(request, _("Unknown action."))
+    except RegistryError as error:
+        messages.error(request, error.summary())
+    return redirect(request.META.get("HTTP_REFERER") or "mapping_queue")
+
+
+@login_required
+def concept_search(request: HttpRequest) -> JsonResponse:
+    """Concepts of a domain by code, name or synonym, for picking another concept."""
+    domain = request.GET.get("domain", "")
+    q = request.GET.get("q", "").strip()
+    if domain not in Domain.values or not q:
+        return JsonResponse({"results": []})
+    return JsonResponse({"results": [
+        {"value": f"{s.vocabulary}:{s.code}", "label": f"{s.name_en} {s.name_zh} ({s.code})"}
+        for s in suggest(domain, q, limit=15)]})
