@@ -9,6 +9,7 @@ from registry.models.clinical import (
     RecordStatus,
     TreatmentLine,
 )
+from registry.models.imports import ImportBatch
 from registry.models.organisation import Department, Membership, Role, Site
 from registry.models.terminology import (
     Concept,
@@ -33,6 +34,7 @@ __all__ = [
     "Domain",
     "DrugAdministration",
     "FollowUp",
+    "ImportBatch",
     "LabResult",
     "MappingStatus",
     "Membership",

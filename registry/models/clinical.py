@@ -41,6 +41,11 @@ class SiteOwned(models.Model):
     version = models.PositiveIntegerField(default=1)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
+    # Provenance: the import that last wrote this row (empty for rows entered in forms).
+    import_batch = models.ForeignKey(
+        "registry.ImportBatch", on_delete=models.PROTECT, null=True, blank=True,
+        related_name="+", db_index=False,
+    )
 
     class Meta:
         abstract = True

@@ -12,6 +12,7 @@ from pathlib import Path
 from django.contrib.auth.models import User
 from django.db import transaction
 
+from registry.csvsafe import spreadsheet_safe
 from registry.errors import ValidationFailed
 from registry.models import Concept, Domain, MappingStatus, Site, TermMapping
 from registry.services.mapping import mapping_approve
@@ -139,13 +140,9 @@ def mappings_export(*, site: Site) -> tuple[str, int]:
                 .order_by("site_term__domain", "site_term__text"))
     for m in mappings:
         missing += m.concept.omop_concept_id is None
-        writer.writerow([_text_safe(m.site_term.text), 0,
-                         f"{site.code}_{m.site_term.domain}", _text_safe(m.site_term.text),
+        writer.writerow([spreadsheet_safe(m.site_term.text), 0,
+                         f"{site.code}_{m.site_term.domain}", spreadsheet_safe(m.site_term.text),
                          m.concept.omop_concept_id or 0, m.concept.vocabulary.code,
                          "19700101", "20991231", ""])
     return out.getvalue(), missing
 
-
-def _text_safe(text: str) -> str:
-    """Local words are text: one that a spreadsheet would run as a formula is quoted."""
-    return "'" + text if text[:1] in ("=", "+", "-", "@") else text

@@ -463,6 +463,9 @@ class CohortWriter:
         if frame.empty:
             return
         columns = [f.column for f in model._meta.concrete_fields]
+        for column in columns:
+            if column not in frame:
+                frame[column] = None  # e.g. import_batch_id: a seed is not an import
         frame = frame[columns]
         table = model._meta.db_table
         if self.vendor == "postgresql":

@@ -18,6 +18,7 @@ from django.utils.translation import gettext as _
 from django.views.decorators.http import require_POST
 
 from registry import access, forms
+from registry.csvsafe import spreadsheet_safe
 from registry.errors import RegistryError, StaleEdit
 from registry.models import DataQuery, Department, RecordStatus, Role
 from registry.selectors.patients import patient_chart, patient_search, work_queue
@@ -312,13 +313,9 @@ def record_audit(request: HttpRequest, registry_id: str, kind: str, pk: int) -> 
         writer.writeheader()
         for row in rows:
             # Text that a spreadsheet would run as a formula is exported as text.
-            writer.writerow({k: _csv_safe(v) for k, v in row.items()})
+            writer.writerow({k: spreadsheet_safe(v) for k, v in row.items()})
         return response
     return render(request, "registry/audit.html", {
         "patient": patient, "record": record, "rows": rows, "kind": kind})
 
-
-def _csv_safe(value) -> str:
-    text = "" if value is None else str(value)
-    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
 

@@ -1,0 +1,45 @@
+"""Import batches: who brought which extract, when, with what checksums, and what came of it."""
+
+from django.conf import settings
+from django.db import models
+from django.utils.translation import gettext_lazy as _
+from simple_history.models import HistoricalRecords
+
+from registry.models.organisation import Site
+
+
+class ImportBatch(models.Model):
+    class Status(models.TextChoices):
+        RECEIVED = "received", _("Received")
+        RUNNING = "running", _("Running")
+        FAILED = "failed", _("Refused: errors")
+        NEEDS_MAPPING = "needs_mapping", _("Needs mapping")
+        CHECKED = "checked", _("Checked (dry run)")
+        IMPORTED = "imported", _("Imported")
+
+    site = models.ForeignKey(Site, on_delete=models.PROTECT, related_name="+")
+    uploaded_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, blank=True,
+        related_name="+",
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    source_name = models.CharField(max_length=255)
+    stored_path = models.CharField(max_length=500, blank=True)  # kept for resuming
+    dry_run = models.BooleanField(default=False)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.RECEIVED)
+    progress = models.PositiveSmallIntegerField(default=0)  # percent
+    stage = models.CharField(max_length=64, blank=True)
+    files = models.JSONField(default=dict, blank=True)  # name -> {sha256, bytes, rows, encoding}
+    counts = models.JSONField(default=dict, blank=True)  # table -> {created, updated, unchanged}
+    errors = models.JSONField(default=list, blank=True)  # [{file, row, column, value, message}]
+    unmapped = models.JSONField(default=list, blank=True)  # [{domain, text, rows, suggestions}]
+
+    history = HistoricalRecords()
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["site", "-created_at"], name="import_site_created_idx")]
+
+    def __str__(self) -> str:
+        return f"import {self.pk} {self.site_id} {self.status}"
