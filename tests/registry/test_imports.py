@@ -222,7 +222,8 @@ def test_the_synthetic_cohort_round_trips_through_its_extracts(tmp_path, ada):
                 columns={"text": "local_term"}).to_csv(mapping, index=False)
             mappings_import(site=site, path=mapping, acting_user=ada)
             batch = extract_import(batch)
-        assert batch.status == ImportBatch.Status.IMPORTED, [e["message"] for e in batch.errors[:3]] or batch.unmapped
+        assert batch.status == ImportBatch.Status.IMPORTED, (
+            [e["message"] for e in batch.errors[:3]] or batch.unmapped)
         counts = cohort.row_counts()
         assert Patient.objects.filter(site=site).count() == counts["patients"]
         assert Cycle.objects.filter(site=site).count() == counts["cycles"]
