@@ -2,7 +2,7 @@ from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
-from registry.views import common, mapping, pages, terms
+from registry.views import common, imports, mapping, pages, terms
 
 KIND = "<str:kind>/<int:pk>"
 
@@ -20,6 +20,9 @@ urlpatterns = [
     path(f"patients/<str:registry_id>/{KIND}/<str:action>/", pages.record_sign,
          name="record_sign"),
     path("queries/<int:query_id>/<str:action>/", pages.query_act, name="query_act"),
+    path("imports/", imports.import_list, name="import_list"),
+    path("imports/<int:batch_id>/", imports.import_detail, name="import_detail"),
+    path("imports/<int:batch_id>/resume", imports.import_resume, name="import_resume"),
     path("mapping/", mapping.review_queue, name="mapping_queue"),
     path("mapping/act", mapping.review_act, name="mapping_act"),
     path("mapping/concepts", mapping.concept_search, name="concept_search"),

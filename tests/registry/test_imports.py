@@ -266,3 +266,51 @@ def test_concurrent_imports_of_two_sites_do_not_block_each_other(tmp_path, site_
         t.join(60)
     assert not errors, errors
     assert results == {"SITE-A": "imported", "SITE-B": "imported"}
+
+
+def test_upload_page_imports_and_shows_progress(client, tmp_path, settings, site_a, alice,
+                                                bob, django_capture_on_commit_callbacks):
+    settings.IMPORT_UPLOAD_DIR = tmp_path / "uploads"
+    archive = _zip(tmp_path / "extract.zip", GOOD)
+    client.force_login(alice)
+    assert "SITE-A" in client.get("/imports/").text
+    with django_capture_on_commit_callbacks(execute=True), open(archive, "rb") as handle:
+        response = client.post("/imports/", {"site": "SITE-A", "extract": handle})
+    batch = ImportBatch.objects.get()
+    assert response.url == f"/imports/{batch.pk}/"
+    status = client.get(f"/imports/{batch.pk}/", {"format": "json"}).json()
+    assert (status["status"], status["progress"]) == ("imported", 100)
+    page = client.get(f"/imports/{batch.pk}/")
+    assert "drugs" in page.text and batch.uploaded_by == alice
+    client.force_login(bob)
+    assert client.get(f"/imports/{batch.pk}/").status_code == 404
+    with open(archive, "rb") as handle:
+        refused = client.post("/imports/", {"site": "SITE-A", "extract": handle})
+    assert refused.status_code == 200 and ImportBatch.objects.count() == 1
+
+
+def test_upload_errors_and_resume(client, tmp_path, settings, site_a, alice,
+                                  django_capture_on_commit_callbacks):
+    settings.IMPORT_UPLOAD_DIR = tmp_path / "uploads"
+    archive = _zip(tmp_path / "x.zip", dict(GOOD, **{"drugs.csv": DRUGS.replace("DDP", "自拟药")}))
+    client.force_login(alice)
+    with django_capture_on_commit_callbacks(execute=True), open(archive, "rb") as handle:
+        client.post("/imports/", {"site": "SITE-A", "extract": handle})
+    batch = ImportBatch.objects.get()
+    assert batch.status == "needs_mapping"
+    assert "自拟药" in client.get(f"/imports/{batch.pk}/").text
+    mapping_file = tmp_path / "m.csv"
+    mapping_file.write_text("domain,local_term,vocabulary,code\ndrug,自拟药,ATC,L01CB01\n",
+                            encoding="utf-8")
+    mappings_import(site=site_a, path=mapping_file, acting_user=alice)
+    with django_capture_on_commit_callbacks(execute=True):
+        client.post(f"/imports/{batch.pk}/resume")
+    batch.refresh_from_db()
+    assert batch.status == "imported"
+    bad = _zip(tmp_path / "bad.zip", dict(GOOD, **{"labs.csv": LABS.replace("800", "abc")}))
+    with django_capture_on_commit_callbacks(execute=True), open(bad, "rb") as handle:
+        client.post("/imports/", {"site": "SITE-A", "extract": handle})
+    failed = ImportBatch.objects.latest("pk")
+    assert failed.status == "failed"
+    report = client.get(f"/imports/{failed.pk}/", {"format": "csv"})
+    assert "not a number" in report.content.decode("utf-8-sig")
