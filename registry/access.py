@@ -20,6 +20,7 @@ from registry.models import (
     Diagnosis,
     DrugAdministration,
     FollowUp,
+    ImportBatch,
     LabResult,
     Membership,
     Patient,
@@ -42,6 +43,7 @@ SITE_OWNED_MODELS: tuple[type[Model], ...] = (
     FollowUp,
     SiteTerm,
     DataQuery,
+    ImportBatch,
 )
 
 AnyUser = User | AnonymousUser
@@ -154,6 +156,10 @@ def queries_visible(user: AnyUser) -> QuerySet[DataQuery]:
     return scope(DataQuery.objects.all(), user)
 
 
+def imports_visible(user: AnyUser, roles: Iterable[str] | None = None) -> QuerySet[ImportBatch]:
+    return scope(ImportBatch.objects.all(), user, roles=roles)
+
+
 def memberships_visible(user: AnyUser) -> QuerySet[Membership]:
     """Admins see every membership; others see their own and their sites' colleagues."""
     ids = site_ids_for(user)
@@ -176,6 +182,7 @@ SELECTORS = {
     SiteTerm: site_terms_visible,
     TermMapping: mappings_visible,
     DataQuery: queries_visible,
+    ImportBatch: imports_visible,
 }
 
 

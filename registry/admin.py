@@ -19,6 +19,7 @@ from registry.models import (
     Diagnosis,
     DrugAdministration,
     FollowUp,
+    ImportBatch,
     LabResult,
     Membership,
     Patient,
@@ -195,3 +196,10 @@ class DataQueryAdmin(ScopedAdmin):
     list_display = ["record_model", "record_id", "field", "status", "automatic", "opened_at"]
     list_filter = ["status", "automatic"]
     raw_id_fields = ["patient"]
+
+
+@admin.register(ImportBatch)
+class ImportBatchAdmin(ScopedAdmin):
+    list_display = ["pk", "site", "source_name", "uploaded_by", "created_at", "status"]
+    list_filter = ["status"]
+    readonly_fields = ["files", "counts", "errors", "unmapped"]

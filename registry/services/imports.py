@@ -22,7 +22,7 @@ from django.contrib.auth.models import User
 from django.db import transaction
 from django.utils import timezone
 
-from registry.audit import bulk_create_audited, bulk_update_audited
+from registry.audit import audited_save, bulk_create_audited, bulk_update_audited
 from registry.biomarkers import parse_biomarkers
 from registry.extracts import (
     WORDS,
@@ -76,9 +76,10 @@ def batch_create(*, site: Site, path: Path, acting_user: User | None, dry_run: b
                  source_name: str | None = None) -> ImportBatch:
     if acting_user is not None:
         require_site_role(acting_user, site, IMPORT_ROLES)
-    return ImportBatch.objects.create(site=site, uploaded_by=acting_user, dry_run=dry_run,
-                                      source_name=source_name or Path(path).name,
-                                      stored_path=str(path))
+    return audited_save(ImportBatch(site=site, uploaded_by=acting_user, dry_run=dry_run,
+                                    source_name=source_name or Path(path).name,
+                                    stored_path=str(path)),
+                        acting_user=acting_user, reason="extract received")
 
 
 def extract_import(batch: ImportBatch, *, progress: Callable[[str], None] = lambda m: None
@@ -86,7 +87,7 @@ def extract_import(batch: ImportBatch, *, progress: Callable[[str], None] = lamb
     """Run (or resume) an import batch to one of: failed, needs_mapping, checked, imported."""
     user, site = batch.uploaded_by, batch.site
     batch.status, batch.errors, batch.unmapped = ImportBatch.Status.RUNNING, [], []
-    batch.save(update_fields=["status", "errors", "unmapped"])
+    audited_save(batch, acting_user=user, reason="import started")
     try:
         _progress(batch, 5, "reading", progress)
         files = _read(Path(batch.stored_path))
@@ -120,7 +121,7 @@ def _finish(batch: ImportBatch, progress) -> ImportBatch:
     batch.finished_at = timezone.now()
     batch.progress = 100
     batch.stage = batch.get_status_display()
-    batch.save()
+    audited_save(batch, acting_user=batch.uploaded_by, reason=f"import {batch.status}")
     progress(f"100% {batch.stage}")
     return batch
 

@@ -38,9 +38,8 @@ class UploadForm(forms.Form):
 
 
 def _batches(user):
-    ids = access.site_ids_for(user, IMPORT_ROLES)
-    batches = ImportBatch.objects.select_related("site", "uploaded_by")
-    return batches if ids is None else batches.filter(site_id__in=ids)
+    return access.imports_visible(user, roles=IMPORT_ROLES).select_related("site",
+                                                                          "uploaded_by")
 
 
 @login_required

@@ -5,7 +5,8 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 
-from registry.models import Concept, Patient, Site
+from registry.audit import audited_save
+from registry.models import Concept, ImportBatch, Patient, Site
 from registry.services import clinical, workflow
 from registry.services.mapping import mapping_approve
 from registry.services.terminology import site_term_get_or_create
@@ -48,4 +49,6 @@ def full_record(site: Site, user) -> Patient:
     term = site_term_get_or_create(site=site, domain="drug", text="力比泰注射液", acting_user=user)
     mapping_approve(site_term=term, concept=Concept.objects.get(code="L01BA04"),
                     acting_user=user)
+    audited_save(ImportBatch(site=site, uploaded_by=user, source_name="extract.zip"),
+                 acting_user=user, reason="extract received")
     return p

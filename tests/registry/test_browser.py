@@ -1,15 +1,10 @@
 """The clerk's and the monitor's day in a real browser (Playwright driving Debian's Chromium)."""
 
-import os
 import shutil
 
 import pytest
 
 from registry.models import AdverseEvent, DataQuery, LabResult, Patient, RecordStatus
-
-# Playwright's sync API runs an event loop in this thread; the test's own ORM calls are
-# ordinary synchronous code between browser steps.
-os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -25,9 +20,12 @@ def browser_settings(settings):
 
 
 @pytest.fixture
-def page(browser_settings):
+def page(browser_settings, monkeypatch):
     from playwright.sync_api import sync_playwright
 
+    # Playwright's sync API runs an event loop in this thread; the test's own ORM calls are
+    # ordinary synchronous code between browser steps.
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=[
             "--no-sandbox", "--disable-gpu", "--disable-background-networking",
