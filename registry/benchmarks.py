@@ -157,3 +157,68 @@ def pages_benchmark(*, patients: int, progress=print, repeats: int = 20,
                        "sql_p95_s": round(_percentile(database, 0.95), 4),
                        "requests": len(ours), "site_patients": len(ids)}))
     return figures
+
+
+@benchmark("import")
+def import_benchmark(*, patients: int, progress=print, keepdb: bool = False) -> list[Figure]:
+    """Importing the cohort's site extracts (all words pre-mapped) against a raw COPY of the
+    same final rows into the same indexed tables; and a 1,000-row extract a clerk waits for."""
+    import time
+
+    from registry.models import ImportBatch
+    from registry.services.imports import batch_create, extract_import
+    from registry.services.mapping_files import mappings_import
+    from registry.services.organisation import site_upsert
+    from registry.synth import generator as g
+    from registry.synth.extracts import write_site_extract
+
+    sites = max(1, min(300, patients // 1500))
+    figures = []
+    with tempfile.TemporaryDirectory() as folder, scratch_database():
+        root = Path(folder)
+        starter_vocabulary_load(acting_user=None)
+        specs = g.plan_sites(n_sites=sites, n_patients=patients, seed=42)
+        progress(f"writing {sites} site extracts and their mapping files")
+        for spec in specs:
+            cohort = g.generate_site(spec)
+            write_site_extract(cohort, root / "extracts")
+            mapping = root / f"{spec.code}-mappings.csv"
+            cohort.terms[["domain", "text", "vocabulary", "code"]].rename(
+                columns={"text": "local_term"}).to_csv(mapping, index=False)
+            site, _ = site_upsert(code=spec.code, name=spec.name, acting_user=None)
+            mappings_import(site=site, path=mapping, acting_user=None)
+        watch = Stopwatch()
+        rows = 0
+        for number, spec in enumerate(specs, 1):
+            site = site_upsert(code=spec.code, name=spec.name, acting_user=None)[0]
+            with watch.running():
+                batch = extract_import(batch_create(site=site, path=root / "extracts" / spec.code,
+                                                    acting_user=None))
+            if batch.status != ImportBatch.Status.IMPORTED:
+                raise RuntimeError(f"{spec.code}: {batch.status} {batch.errors[:3]} "
+                                   f"{batch.unmapped[:3]}")
+            rows += sum(c["created"] for c in batch.counts.values())
+            progress(f"[{number}/{len(specs)}] {spec.code} imported, {rows:,} rows, "
+                     f"{watch.seconds:.1f} s")
+        ours_rss = peak_rss_mib()
+        baseline = copy_baseline(_tables(), root)
+        figures.append(Figure(name="import", ours_s=watch.seconds, baseline="postgres_copy",
+                              baseline_s=baseline, rows=rows, peak_rss_mib=ours_rss))
+        # A clerk's extract of about 1,000 rows, into a new site.
+        small = g.plan_sites(n_sites=1, n_patients=25, seed=7)[0]
+        small.code = "CLERK1"
+        cohort = g.generate_site(small)
+        write_site_extract(cohort, root / "small")
+        site = site_upsert(code=small.code, name="clerk extract", acting_user=None)[0]
+        mapping = root / "small-mappings.csv"
+        cohort.terms[["domain", "text", "vocabulary", "code"]].rename(
+            columns={"text": "local_term"}).to_csv(mapping, index=False)
+        mappings_import(site=site, path=mapping, acting_user=None)
+        started = time.perf_counter()
+        batch = extract_import(batch_create(site=site, path=root / "small" / small.code,
+                                            acting_user=None))
+        seconds = time.perf_counter() - started
+        small_rows = sum(c["created"] for c in batch.counts.values())
+        figures.append(Figure(name="import:clerk_extract", ours_s=seconds, baseline="none",
+                              baseline_s=0.0, rows=small_rows, peak_rss_mib=peak_rss_mib()))
+    return figures
