@@ -62,6 +62,20 @@ def _check_alive_on(errors: ErrorCollector, patient: Patient, field: str, day: d
         errors.add(field, f"{day.isoformat()} is after the patient's death on {death.isoformat()}.")
 
 
+def _check_demographics(errors: ErrorCollector, *, site: Site, sex: str, birth_year: int,
+                        consent_scope: str, department: Department | None,
+                        consent_date: dt.date | None) -> None:
+    if sex not in Patient.Sex.values:
+        errors.add("sex", f"Sex must be M or F, not {sex!r}.")
+    if not isinstance(birth_year, int) or not 1900 <= birth_year <= _today().year:
+        errors.add("birth_year", f"Birth year {birth_year!r} is not between 1900 and this year.")
+    if consent_scope not in Patient.ConsentScope.values:
+        errors.add("consent_scope", f"Unknown consent scope {consent_scope!r}.")
+    if department is not None and department.site_id != site.id:
+        errors.add("department", f"Department {department.name} is not at site {site.code}.")
+    _check_not_future(errors, "consent_date", consent_date)
+
+
 def patient_register(
     *,
     site: Site,
@@ -80,15 +94,9 @@ def patient_register(
     errors = ErrorCollector()
     if not (patient_no or "").strip():
         errors.add("patient_no", "The hospital patient number is required.")
-    if sex not in Patient.Sex.values:
-        errors.add("sex", f"Sex must be M or F, not {sex!r}.")
-    if not isinstance(birth_year, int) or not 1900 <= birth_year <= _today().year:
-        errors.add("birth_year", f"Birth year {birth_year!r} is not between 1900 and this year.")
-    if consent_scope not in Patient.ConsentScope.values:
-        errors.add("consent_scope", f"Unknown consent scope {consent_scope!r}.")
-    if department is not None and department.site_id != site.id:
-        errors.add("department", f"Department {department.name} is not at site {site.code}.")
-    _check_not_future(errors, "consent_date", consent_date)
+    _check_demographics(errors, site=site, sex=sex, birth_year=birth_year,
+                        consent_scope=consent_scope, department=department,
+                        consent_date=consent_date)
     errors.raise_if_any()
     number_hash = hospital_number_hash(site.code, patient_no)
     if Patient.objects.filter(site=site, hospital_number_hash=number_hash).exists():
@@ -134,15 +142,9 @@ def patient_update(
         change_reason=change_reason,
     )
     errors = ErrorCollector()
-    if sex not in Patient.Sex.values:
-        errors.add("sex", f"Sex must be M or F, not {sex!r}.")
-    if not isinstance(birth_year, int) or not 1900 <= birth_year <= _today().year:
-        errors.add("birth_year", f"Birth year {birth_year!r} is not between 1900 and this year.")
-    if consent_scope not in Patient.ConsentScope.values:
-        errors.add("consent_scope", f"Unknown consent scope {consent_scope!r}.")
-    if department is not None and department.site_id != patient.site_id:
-        errors.add("department", f"Department {department.name} is not at this site.")
-    _check_not_future(errors, "consent_date", consent_date)
+    _check_demographics(errors, site=patient.site, sex=sex, birth_year=birth_year,
+                        consent_scope=consent_scope, department=department,
+                        consent_date=consent_date)
     errors.raise_if_any()
     return store(
         Patient,
