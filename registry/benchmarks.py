@@ -205,7 +205,7 @@ def import_benchmark(*, patients: int, progress=print, keepdb: bool = False) -> 
         figures.append(Figure(name="import", ours_s=watch.seconds, baseline="postgres_copy",
                               baseline_s=baseline, rows=rows, peak_rss_mib=ours_rss))
         # A clerk's extract of about 1,000 rows, into a new site.
-        small = g.plan_sites(n_sites=1, n_patients=25, seed=7)[0]
+        small = g.plan_sites(n_sites=1, n_patients=10, seed=7)[0]
         small.code = "CLERK1"
         cohort = g.generate_site(small)
         write_site_extract(cohort, root / "small")
