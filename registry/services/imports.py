@@ -142,43 +142,49 @@ def _check(files: dict[str, ExtractFile], site: Site) -> None:
     if problems:
         raise _Refused(problems)
     # Every child row's patient, line and cycle must exist in the extract or the registry.
-    numbers = set(files["patients"].raw["patient_no"]) if "patients" in files else set()
-    known_hashes = set(Patient.objects.filter(site=site).values_list("hospital_number_hash",
-                                                                     flat=True))
-    lines = set()
+    in_file = set(files["patients"].raw["patient_no"]) if "patients" in files else set()
+    existing_numbers, existing_lines, existing_cycles = _existing_structure(site, files)
+    patients = in_file | existing_numbers
+    lines = set(existing_lines)
     if "regimens" in files:
-        lines = set(zip(files["regimens"].raw["patient_no"],
-                        files["regimens"].parsed["line_no"], strict=True))
-    cycles = set()
+        lines |= set(zip(files["regimens"].raw["patient_no"],
+                         files["regimens"].parsed["line_no"], strict=True))
+    cycles = set(existing_cycles)
     if "cycles" in files:
-        cycles = set(zip(files["cycles"].raw["patient_no"], files["cycles"].parsed["line_no"],
-                         files["cycles"].parsed["cycle_no"], strict=True))
-    existing_lines, existing_cycles = _existing_structure(site, files)
+        cycles |= set(zip(files["cycles"].raw["patient_no"], files["cycles"].parsed["line_no"],
+                          files["cycles"].parsed["cycle_no"], strict=True))
     for extract in files.values():
         if extract.name == "patients":
             continue
-        for index, number in enumerate(extract.raw["patient_no"]):
-            if number not in numbers and hospital_number_hash(site.code, number) \
-                    not in known_hashes:
-                problems.append(Problem(extract.filename, index + 2, "patient_no", number,
-                                        "no such patient in patients.csv or the registry"))
-                continue
-            parsed = extract.parsed.iloc[index]
-            line_no = parsed.get("line_no")
-            cycle_no = parsed.get("cycle_no")
-            if extract.name == "cycles" and (number, line_no) not in lines | existing_lines:
-                problems.append(Problem(extract.filename, index + 2, "line_no", str(line_no),
-                                        "no such line in regimens.csv or the registry"))
-            if extract.name != "cycles" and pd.notna(cycle_no) and pd.notna(line_no) and \
-                    (number, line_no, cycle_no) not in cycles | existing_cycles:
-                problems.append(Problem(extract.filename, index + 2, "cycle_no",
-                                        str(cycle_no), "no such cycle in cycles.csv or the "
-                                                       "registry"))
+        number = extract.raw["patient_no"]
+        missing = ~number.isin(patients)
+        _report(problems, extract, missing, "patient_no", number,
+                "no such patient in patients.csv or the registry")
+        parsed = extract.parsed
+        if extract.name == "cycles":
+            keys = pd.Series(list(zip(number, parsed["line_no"], strict=True)),
+                             index=number.index)
+            _report(problems, extract, ~missing & ~keys.isin(lines), "line_no",
+                    parsed["line_no"], "no such line in regimens.csv or the registry")
+        elif "cycle_no" in parsed and "line_no" in parsed:
+            given = parsed["cycle_no"].notna() & parsed["line_no"].notna()
+            keys = pd.Series(list(zip(number, parsed["line_no"], parsed["cycle_no"],
+                                      strict=True)), index=number.index)
+            _report(problems, extract, ~missing & given & ~keys.isin(cycles), "cycle_no",
+                    parsed["cycle_no"], "no such cycle in cycles.csv or the registry")
     if problems:
         raise _Refused(problems)
 
 
-def _existing_structure(site: Site, files) -> tuple[set, set]:
+def _report(problems: list[Problem], extract: ExtractFile, mask: pd.Series, column: str,
+            values: pd.Series, message: str) -> None:
+    for index in mask[mask].index:
+        problems.append(Problem(extract.filename, int(index) + 2, column,
+                                str(values.loc[index]), message))
+
+
+def _existing_structure(site: Site, files) -> tuple[set, set, set]:
+    """The extract's patient numbers already registered, and their lines and cycles."""
     numbers = set()
     for extract in files.values():
         numbers |= set(extract.raw["patient_no"])
@@ -189,7 +195,7 @@ def _existing_structure(site: Site, files) -> tuple[set, set]:
         patient_id__in=list(patients)).values_list("patient_id", "line_no")}
     cycles = {(by_hash[patients[p]], line, c) for p, line, c in Cycle.objects.filter(
         patient_id__in=list(patients)).values_list("patient_id", "line__line_no", "cycle_no")}
-    return lines, cycles
+    return {by_hash[h] for h in patients.values()}, lines, cycles
 
 
 def _resolve(files, site, user, *, dry_run: bool):
