@@ -22,7 +22,7 @@ from django.contrib.auth.models import User
 from django.db import transaction
 from django.utils import timezone
 
-from registry.audit import audited_save, bulk_create_audited, bulk_update_audited
+from registry.audit import audited_save, bulk_update_audited, copy_create_audited
 from registry.biomarkers import parse_biomarkers
 from registry.extracts import (
     WORDS,
@@ -376,7 +376,7 @@ class _Writer:
 
     def _save(self, model, table, new, changed, fields) -> None:
         if new:
-            bulk_create_audited(model, new, acting_user=self.user, reason=self.reason)
+            copy_create_audited(model, new, acting_user=self.user, reason=self.reason)
         if changed:
             bulk_update_audited(model, changed, [*fields, "version", "import_batch", "status"],
                                 acting_user=self.user, reason=self.reason)
