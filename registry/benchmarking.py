@@ -50,7 +50,7 @@ class Figure:
 
     def as_dict(self) -> dict:
         out = asdict(self)
-        out["ratio"] = round(self.ratio, 3)
+        out["ratio"] = round(self.ratio, 3) if self.baseline_s else None  # no baseline
         out["rows_per_s"] = round(self.rows_per_s, 1)
         out["ours_s"] = round(self.ours_s, 3)
         out["baseline_s"] = round(self.baseline_s, 3)
