@@ -146,6 +146,10 @@ class CohortWriter:
 
         if self.vendor == "postgresql":
             foreign_keys_restore(self._foreign_keys)
+            # Fresh statistics, or the planner scans millions of rows it thinks are not there.
+            with connection.cursor() as cursor:
+                for model in CLINICAL_MODELS:
+                    cursor.execute(f"ANALYZE {model._meta.db_table}")
 
     def _ids(self, model: type[models.Model], n: int) -> np.ndarray:
         table = model._meta.db_table
