@@ -30,7 +30,7 @@ from registry.models import (
 from registry.pseudonyms import hospital_number_hash
 from registry.services.mapping import term_resolve
 from registry.services.organisation import require_site_role
-from registry.services.terminology import convert_to_canonical
+from registry.services.terminology import lab_canonical
 from registry.services.workflow import edit_guard, save_or_refuse, store
 
 DATA_ENTRY_ROLES = (Role.CLERK, Role.MONITOR)
@@ -602,27 +602,15 @@ def lab_result_record(
         test_term, lab = term_resolve(
             site=site, domain=Domain.LAB, text=test, acting_user=acting_user
         )
-        unit_term = unit_concept = canonical_unit = None
-        value_canonical = None
-        if not (unit or "").strip():
-            flag = LabResult.UnitFlag.MISSING
-        else:
+        unit_term = unit_concept = None
+        unit_given = bool((unit or "").strip())
+        if unit_given:
             unit_term, unit_concept = term_resolve(
                 site=site, domain=Domain.UNIT, text=unit, acting_user=acting_user
             )
-            if unit_concept is None or lab is None:
-                flag = LabResult.UnitFlag.UNMAPPED
-            else:
-                value_canonical, canonical_unit = convert_to_canonical(
-                    lab=lab, unit=unit_concept, value=number
-                )
-                flag = (
-                    LabResult.UnitFlag.OK
-                    if value_canonical is not None
-                    else LabResult.UnitFlag.UNCONVERTIBLE
-                )
-                if value_canonical is None:
-                    canonical_unit = None
+        value_canonical, canonical_unit, flag = lab_canonical(
+            lab=lab, unit=unit_concept, value=number, unit_given=unit_given
+        )
         if (
             LabResult.objects.filter(
                 patient=patient, test_term=test_term, collected_date=collected_date

@@ -55,7 +55,7 @@ from registry.models.clinical import new_registry_id
 from registry.pseudonyms import hospital_number_hash
 from registry.services.mapping import suggest, term_resolve
 from registry.services.organisation import require_site_role
-from registry.services.terminology import approved_concept, convert_to_canonical
+from registry.services.terminology import approved_concept, convert_to_canonical, lab_canonical
 
 IMPORT_ROLES = (Role.CLERK, Role.MONITOR)
 
@@ -466,15 +466,9 @@ class _Writer:
         unit_word = raw.get("unit", "")
         unit = self._concept("unit", unit_word)
         value = r["value_value"]
-        canonical, canonical_unit, flag = None, None, LabResult.UnitFlag.OK
-        if not unit_word:
-            flag = LabResult.UnitFlag.MISSING
-        elif lab is None or unit is None:
-            flag = LabResult.UnitFlag.UNMAPPED
-        else:
-            canonical, canonical_unit = self._conversion(lab, unit, value)
-            if canonical is None:
-                canonical_unit, flag = None, LabResult.UnitFlag.UNCONVERTIBLE
+        canonical, canonical_unit, flag = lab_canonical(
+            lab=lab, unit=unit, value=value, unit_given=bool(unit_word),
+            convert=self._conversion)
         return {"test_term": self._term("lab", raw["test"]), "lab": lab,
                 "collected_date": r["collected_date"], "value_text": raw["value"],
                 "comparator": r["value_comparator"] or "", "value": value,
@@ -482,7 +476,8 @@ class _Writer:
                 "value_canonical": canonical, "canonical_unit": canonical_unit,
                 "unit_flag": flag, "cycle": self._cycle(c, r)}
 
-    def _conversion(self, lab: Concept, unit: Concept, value: float):
+    def _conversion(self, *, lab: Concept, unit: Concept, value: float):
+        """convert_to_canonical, with each (lab, unit) factor looked up once per import."""
         key = (lab.pk, unit.pk)
         if key not in self.factors:
             self.factors[key] = convert_to_canonical(lab=lab, unit=unit, value=1.0)

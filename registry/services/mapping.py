@@ -36,10 +36,12 @@ from registry.models import (
 from registry.services.organisation import require_site_role
 from registry.services.terminology import (
     approved_concept,
-    convert_to_canonical,
+    lab_canonical,
     site_term_get_or_create,
 )
-from registry.textnorm import normalise_term, normalise_unit
+from registry.services.terminology import (
+    normalise_for_domain as _normalise,
+)
 
 SCORE = {TermMapping.Method.EXACT: 1.0, TermMapping.Method.SYNONYM: 0.97}
 FUZZY_CEILING = 0.9  # a fuzzy match never outranks an exact one
@@ -71,10 +73,6 @@ class Suggestion:
 
     def as_dict(self) -> dict:
         return asdict(self)
-
-
-def _normalise(domain: str, text: str) -> str:
-    return normalise_unit(text) if domain == Domain.UNIT else normalise_term(text)
 
 
 class _Index:
@@ -338,18 +336,8 @@ def recode(
 
 
 def _lab_canonical(lab: LabResult) -> None:
-    lab.value_canonical, lab.canonical_unit = None, None
-    if lab.unit_term_id is None:
-        lab.unit_flag = LabResult.UnitFlag.MISSING
-    elif lab.unit is None or lab.lab is None:
-        lab.unit_flag = LabResult.UnitFlag.UNMAPPED
-    else:
-        value, canonical = convert_to_canonical(lab=lab.lab, unit=lab.unit, value=lab.value)
-        if value is None:
-            lab.unit_flag = LabResult.UnitFlag.UNCONVERTIBLE
-        else:
-            lab.value_canonical, lab.canonical_unit = value, canonical
-            lab.unit_flag = LabResult.UnitFlag.OK
+    lab.value_canonical, lab.canonical_unit, lab.unit_flag = lab_canonical(
+        lab=lab.lab, unit=lab.unit, value=lab.value, unit_given=lab.unit_term_id is not None)
 
 
 @transaction.atomic

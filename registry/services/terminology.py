@@ -14,6 +14,7 @@ from registry.models import (
     Concept,
     ConceptSynonym,
     Domain,
+    LabResult,
     MappingStatus,
     Site,
     SiteTerm,
@@ -26,7 +27,7 @@ from registry.textnorm import normalise_term, normalise_unit
 STARTER_VOCABULARY = Path(__file__).resolve().parent.parent / "data" / "starter_vocabulary.json"
 
 
-def _normalise(domain: str, text: str) -> str:
+def normalise_for_domain(domain: str, text: str) -> str:
     return normalise_unit(text) if domain == Domain.UNIT else normalise_term(text)
 
 
@@ -45,7 +46,8 @@ def site_term_get_or_create(
     if term is None:
         with transaction.atomic():
             term = audited_save(
-                SiteTerm(site=site, domain=domain, text=text, normalised=_normalise(domain, text)),
+                SiteTerm(site=site, domain=domain, text=text,
+                         normalised=normalise_for_domain(domain, text)),
                 acting_user=acting_user,
                 reason="new local term",
             )
@@ -84,6 +86,22 @@ def convert_to_canonical(
     if conversion is None:
         return None, canonical
     return value * conversion.factor, canonical
+
+
+def lab_canonical(*, lab: Concept | None, unit: Concept | None, value: float | None,
+                  unit_given: bool, convert=convert_to_canonical
+                  ) -> tuple[float | None, Concept | None, str]:
+    """The one rule for a lab value's canonical form: (value in the lab's canonical unit,
+    that unit, unit flag). A missing, unmapped or unconvertible unit is flagged and the
+    canonical value stays empty, never stored in the wrong unit."""
+    if not unit_given:
+        return None, None, LabResult.UnitFlag.MISSING
+    if lab is None or unit is None or value is None:
+        return None, None, LabResult.UnitFlag.UNMAPPED
+    canonical_value, canonical_unit = convert(lab=lab, unit=unit, value=value)
+    if canonical_value is None:
+        return None, None, LabResult.UnitFlag.UNCONVERTIBLE
+    return canonical_value, canonical_unit, LabResult.UnitFlag.OK
 
 
 def starter_vocabulary_load(*, acting_user: User | None = None, path: Path | None = None) -> dict:

@@ -36,8 +36,8 @@ from registry.models import (
 )
 from registry.pseudonyms import hospital_number_hash
 from registry.services.organisation import department_get_or_create, site_upsert
+from registry.services.terminology import normalise_for_domain
 from registry.synth.generator import CENSOR, EPOCH, SiteCohort, biomarkers_json
-from registry.textnorm import normalise_term, normalise_unit
 
 CLINICAL_MODELS: list[type[models.Model]] = [
     Patient,
@@ -421,7 +421,7 @@ class CohortWriter:
                 site=site,
                 domain=row.domain,
                 text=row.text,
-                normalised=(normalise_unit if row.domain == "unit" else normalise_term)(row.text),
+                normalised=normalise_for_domain(row.domain, row.text),
                 frequency=int(row.frequency),
             )
             for row in terms.itertuples()
