@@ -79,8 +79,13 @@ class Patient(SiteOwned):
     )
     consent_date = models.DateField(null=True, blank=True)
     withdrawn_date = models.DateField(null=True, blank=True)
+    # Derived from the patient's follow-ups by registry.services.clinical.followup_summary_refresh
+    # (never edited, not audited: the follow-ups themselves are), so that "due for follow-up"
+    # is one index range scan at any cohort size.
+    last_followup_date = models.DateField(null=True, blank=True, editable=False)
+    followup_closed = models.BooleanField(default=False, editable=False)
 
-    history = HistoricalRecords()
+    history = HistoricalRecords(excluded_fields=["last_followup_date", "followup_closed"])
 
     class Meta:
         ordering = ["registry_id"]
@@ -100,7 +105,12 @@ class Patient(SiteOwned):
         ]
         indexes = [
             models.Index(fields=["site", "status"], name="patient_site_status_idx"),
-            models.Index(fields=["site", "-updated_at"], name="patient_site_updated_idx"),
+            models.Index(fields=["site", "-updated_at", "-id"], name="patient_site_updated_idx"),
+            models.Index(
+                fields=["site", "last_followup_date"], name="patient_followup_due_idx",
+                condition=Q(followup_closed=False, withdrawn_date__isnull=True,
+                            last_followup_date__isnull=False),
+            ),
         ]
 
     def __str__(self) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from django.db.models import Max, Prefetch, Q, QuerySet
+from django.db.models import Exists, OuterRef, Prefetch, Q, QuerySet
 from django.utils import timezone
 
 from registry import access
@@ -34,15 +34,17 @@ def patient_search(user, *, q: str = "", cancer: str = "", status: str = "",
         hashes = [hospital_number_hash(code, q) for code in codes]
         patients = patients.filter(Q(registry_id=q.upper()) | Q(hospital_number_hash__in=hashes))
     if cancer:
-        patients = patients.filter(
-            Q(diagnoses__cancer__code=cancer) | Q(diagnoses__cancer__code__startswith=cancer + "."))
+        # A semi-join (no DISTINCT), so the page is read in index order and stops at its end.
+        patients = patients.filter(Exists(Diagnosis.objects.filter(
+            Q(cancer__code=cancer) | Q(cancer__code__startswith=cancer + "."),
+            patient=OuterRef("pk"))))
     if status:
         patients = patients.filter(status=status)
     if department:
         patients = patients.filter(department_id=department)
     if site:
         patients = patients.filter(site__code=site)
-    return patients.distinct().order_by("-updated_at", "-id")
+    return patients.order_by("-updated_at", "-id")
 
 
 @dataclass
@@ -61,18 +63,16 @@ def work_queue(user, *, limit: int = 10) -> WorkQueue:
         status__in=[DataQuery.Status.OPEN, DataQuery.Status.ANSWERED]).select_related("patient")
     # Due for follow-up: alive at the last visit, which was more than 90 days ago.
     cutoff = timezone.localdate() - timezone.timedelta(days=90)
-    closed = FollowUp.objects.filter(vital_status__in=[FollowUp.VitalStatus.DEAD,
-                                                       FollowUp.VitalStatus.LOST])
-    due = (patients.annotate(last_visit=Max("followups__followup_date"))
-           .filter(last_visit__lt=cutoff)
-           .exclude(pk__in=closed.values("patient_id")))
+    # The derived columns kept by followup_summary_refresh make this one index range scan.
+    due = patients.filter(followup_closed=False, withdrawn_date__isnull=True,
+                          last_followup_date__isnull=False, last_followup_date__lt=cutoff)
     drafts = patients.filter(status=RecordStatus.DRAFT)
     to_review = patients.filter(status=RecordStatus.SUBMITTED)
     recent = patients.select_related("site").order_by("-updated_at")
     return WorkQueue(
         drafts=drafts.select_related("site").order_by("-updated_at")[:limit],
         open_queries=queries.order_by("-opened_at")[:limit],
-        due_followup=due.select_related("site").order_by("updated_at")[:limit],
+        due_followup=due.select_related("site").order_by("last_followup_date", "id")[:limit],
         recent=recent[:limit],
         to_review=to_review.select_related("site").order_by("updated_at")[:limit],
         counts={"drafts": drafts.count(), "queries": queries.count(),

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+from collections.abc import Iterable
 from decimal import Decimal, InvalidOperation
 
 from django.contrib.auth.models import User
 from django.db import transaction
+from django.db.models import Exists, OuterRef, Subquery
 from django.utils import timezone
 
 from registry.errors import ErrorCollector, ValidationFailed
@@ -647,6 +649,22 @@ def lab_result_record(
 
 
 @transaction.atomic
+def followup_summary_refresh(patient_ids: Iterable[int] | None = None) -> int:
+    """Recompute the patients' derived follow-up columns from their follow-ups: the last visit
+    and whether follow-up has ended (dead or lost). Every writer of follow-ups calls this in the
+    same transaction; None refreshes every patient."""
+    visits = FollowUp.objects.filter(patient=OuterRef("pk"))
+    patients = Patient.objects.all()
+    if patient_ids is not None:
+        patients = patients.filter(pk__in=list(patient_ids))
+    return patients.update(
+        last_followup_date=Subquery(
+            visits.order_by("-followup_date").values("followup_date")[:1]),
+        followup_closed=Exists(visits.filter(
+            vital_status__in=[FollowUp.VitalStatus.DEAD, FollowUp.VitalStatus.LOST])),
+    )
+
+
 def followup_record(
     *,
     patient: Patient,
@@ -716,19 +734,22 @@ def followup_record(
             "followup_date", f"A follow-up on {followup_date.isoformat()} is already recorded."
         )
     errors.raise_if_any()
-    return store(
-        FollowUp,
-        instance,
-        dict(
-            site=patient.site,
-            patient=patient,
-            followup_date=followup_date,
-            vital_status=vital_status,
-            progression=progression,
-            progression_date=progression_date,
-            ecog=ecog,
-            cause_of_death=cause_of_death,
-        ),
-        acting_user=acting_user,
-        reason=reason,
-    )
+    with transaction.atomic():
+        followup = store(
+            FollowUp,
+            instance,
+            dict(
+                site=patient.site,
+                patient=patient,
+                followup_date=followup_date,
+                vital_status=vital_status,
+                progression=progression,
+                progression_date=progression_date,
+                ecog=ecog,
+                cause_of_death=cause_of_death,
+            ),
+            acting_user=acting_user,
+            reason=reason,
+        )
+        followup_summary_refresh([patient.pk])
+    return followup

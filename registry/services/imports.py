@@ -22,7 +22,12 @@ from django.contrib.auth.models import User
 from django.db import transaction
 from django.utils import timezone
 
-from registry.audit import audited_save, bulk_update_audited, copy_create_audited
+from registry.audit import (
+    audited_save,
+    bulk_update_audited,
+    copy_create_audited,
+    copy_insert_audited,
+)
 from registry.biomarkers import parse_biomarkers
 from registry.extracts import (
     WORDS,
@@ -53,6 +58,7 @@ from registry.models import (
 )
 from registry.models.clinical import new_registry_id
 from registry.pseudonyms import hospital_number_hash
+from registry.services.clinical import followup_summary_refresh
 from registry.services.mapping import suggest, term_resolve
 from registry.services.organisation import require_site_role
 from registry.services.terminology import approved_concept, convert_to_canonical, lab_canonical
@@ -246,6 +252,31 @@ def _value(value: Any) -> Any:
     return value
 
 
+def _records(frame: pd.DataFrame, *, text: bool = False) -> list[dict]:
+    """The frame's rows as dicts of Python values, missing values as None (column-wise);
+    `text` frames (the cells as read, all strings) are taken as they are."""
+    columns = {}
+    for name in frame.columns:
+        series = frame[name]
+        values = series.tolist()
+        if text:
+            pass
+        elif series.dtype == object:
+            values = [_value(v) for v in values]
+        else:
+            missing = series.isna().to_numpy()
+            if missing.any():
+                values = [None if m else v for v, m in zip(values, missing, strict=True)]
+        columns[name] = values
+    names = list(columns)
+    return [dict(zip(names, row, strict=True)) for row in zip(*columns.values(), strict=True)]
+
+
+def _attnames(model) -> dict[str, tuple[str, bool]]:
+    """Field name -> (column attribute, is a foreign key) for the model's concrete fields."""
+    return {f.name: (f.attname, f.is_relation) for f in model._meta.concrete_fields}
+
+
 class _Writer:
     """Upserts by natural key, table by table, parents first."""
 
@@ -260,7 +291,7 @@ class _Writer:
 
     def write(self) -> dict:
         self.patients = self._patients()
-        self.lines = self._upsert(
+        self._upsert(
             TreatmentLine, "regimens", lambda r, p: (p["patient"].pk, r["line_no"]),
             lambda m: (m.patient_id, m.line_no), self._line_values)
         self._upsert(Diagnosis, "diagnoses",
@@ -294,6 +325,8 @@ class _Writer:
                      self._lab_values)
         self._upsert(FollowUp, "followups", lambda r, p: (p["patient"].pk, r["followup_date"]),
                      lambda m: (m.patient_id, m.followup_date), self._followup_values)
+        if "followups" in self.files:
+            followup_summary_refresh([p.pk for p in self.patients.values()])
         if self.problems:
             raise _Refused(self.problems)
         return self.counts
@@ -310,10 +343,10 @@ class _Writer:
         if key not in self.files:
             return
         extract = self.files[key]
-        raw = extract.raw.to_dict("records")
-        parsed = extract.parsed.to_dict("records")
+        raw = _records(extract.raw, text=True)
+        parsed = _records(extract.parsed)
         for index, (r, p) in enumerate(zip(raw, parsed, strict=True)):
-            yield index + 2, {k: _value(v) for k, v in p.items()}, r
+            yield index + 2, p, r
 
     def _count(self, table: str, kind: str, n: int = 1) -> None:
         self.counts.setdefault(table, {"created": 0, "updated": 0, "unchanged": 0})
@@ -374,8 +407,10 @@ class _Writer:
             obj.status = RecordStatus.SUBMITTED
         return True
 
-    def _save(self, model, table, new, changed, fields) -> None:
-        if new:
+    def _save(self, model, table, new, changed, fields, *, rows: bool = False) -> None:
+        if new and rows:
+            copy_insert_audited(model, new, acting_user=self.user, reason=self.reason)
+        elif new:
             copy_create_audited(model, new, acting_user=self.user, reason=self.reason)
         if changed:
             bulk_update_audited(model, changed, [*fields, "version", "import_batch", "status"],
@@ -390,6 +425,9 @@ class _Writer:
         existing = {existing_key(m): m for m in model.objects.filter(
             patient_id__in=patient_ids).select_related(*select)}
         new, changed, fields = [], [], set()
+        columns = _attnames(model)
+        base = {"site_id": self.site.pk, "status": RecordStatus.SUBMITTED,
+                "import_batch_id": self.batch.pk}
         for line, row, raw in self._rows(key):
             context = {"patient": self.patients[raw["patient_no"]], "raw": raw}
             values = values_for(row, context, line)
@@ -399,15 +437,20 @@ class _Writer:
             obj = existing.get(natural)
             fields |= set(values)
             if obj is None:
-                obj = model(site=self.site, patient=context["patient"],
-                            status=RecordStatus.SUBMITTED, import_batch=self.batch, **values)
-                existing[natural] = obj
-                new.append(obj)
+                # A new row goes to COPY as column values: no model instance is built.
+                new_row = dict(base, patient_id=context["patient"].pk)
+                for name, value in values.items():
+                    attname, related = columns[name]
+                    new_row[attname] = value.pk if related and value is not None else value
+                existing[natural] = new_row
+                new.append(new_row)
+            elif isinstance(obj, dict):  # the file's checks refuse duplicate keys before this
+                raise RuntimeError(f"{key}.csv line {line}: natural key seen twice")
             elif self._apply(obj, values, key, line):
                 changed.append(obj)
             else:
                 self._count(key, "unchanged")
-        self._save(model, key, new, changed, sorted(fields))
+        self._save(model, key, new, changed, sorted(fields), rows=True)
         return existing
 
     # -- per table ----------------------------------------------------------------------------

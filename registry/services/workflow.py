@@ -44,7 +44,8 @@ RECORD_MODELS: dict[str, type[models.Model]] = {
 }
 
 # Bookkeeping columns that are not part of what a person edits.
-_NOT_CONTENT = {"id", "version", "status", "created_at", "updated_at", "site"}
+_NOT_CONTENT = {"id", "version", "status", "created_at", "updated_at", "site",
+                "last_followup_date", "followup_closed"}  # derived, see followup_summary_refresh
 
 
 def save_or_refuse(obj: models.Model, *, acting_user: User | None, reason: str) -> models.Model:

@@ -18,7 +18,7 @@ import pandas as pd
 from django.contrib.auth.models import User
 from django.db import connection, models, transaction
 
-from registry.audit import bulk_create_audited
+from registry.audit import bulk_create_audited, history_columns
 from registry.errors import ValidationFailed
 from registry.models import (
     AdverseEvent,
@@ -129,8 +129,7 @@ class CohortWriter:
             for model in CLINICAL_MODELS:
                 table = model._meta.db_table
                 history = model.history.model._meta.db_table
-                columns = [f.column for f in model._meta.concrete_fields]
-                cols = ", ".join(columns)
+                cols = ", ".join(history_columns(model))
                 cursor.execute(
                     f"INSERT INTO {history} ({cols}, history_date, history_change_reason, "  # noqa: S608
                     f"history_type, history_user_id) SELECT {cols}, created_at, %s, '+', %s "
@@ -193,6 +192,11 @@ class CohortWriter:
             cohort.diagnoses.set_index("pidx")["diagnosis_date"].reindex(p["pidx"]).to_numpy()
         )
         patient_status = _status(diag_day)
+        # The derived follow-up columns (as followup_summary_refresh computes them).
+        fu = cohort.followups
+        last_visit = fu.groupby("pidx")["followup_date"].max().reindex(p["pidx"]).to_numpy()
+        closed = (fu["vital_status"].isin(["dead", "lost"]).groupby(fu["pidx"]).any()
+                  .reindex(p["pidx"], fill_value=False).to_numpy(dtype=bool))
         self._write(
             Patient,
             pd.DataFrame(
@@ -213,6 +217,8 @@ class CohortWriter:
                     "consent_scope": p["consent_scope"],
                     "consent_date": _dates(p["consent_date"]),
                     "withdrawn_date": _dates(p["withdrawn_date"]),
+                    "last_followup_date": _dates(last_visit),
+                    "followup_closed": closed,
                 }
             ),
         )

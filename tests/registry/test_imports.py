@@ -24,6 +24,7 @@ from registry.models import (
     Patient,
     TreatmentLine,
 )
+from registry.services.clinical import followup_summary_refresh
 from registry.services.imports import batch_create, extract_import
 from registry.services.mapping_files import mappings_import
 from registry.services.organisation import site_upsert
@@ -239,6 +240,12 @@ def test_the_synthetic_cohort_round_trips_through_its_extracts(tmp_path, ada):
         canonical = sorted(LabResult.objects.filter(site=site)
                            .values_list("value_canonical", flat=True))
         assert canonical == pytest.approx(sorted(cohort.labs["value_canonical"]), rel=1e-6)
+        summary = list(Patient.objects.filter(site=site).order_by("pk").values_list(
+            "last_followup_date", "followup_closed"))
+        assert sum(1 for d, _ in summary if d) > len(summary) // 2
+        followup_summary_refresh()
+        assert summary == list(Patient.objects.filter(site=site).order_by("pk").values_list(
+            "last_followup_date", "followup_closed"))
 
 
 @pytest.mark.postgres

@@ -6,6 +6,7 @@ import datetime as dt
 import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
 
 from registry.models import AdverseEvent, DataQuery, FollowUp, RecordStatus
 from registry.pseudonyms import hospital_number_hash
@@ -45,6 +46,37 @@ def test_search_by_registry_id_or_hospital_number(as_alice, site_a, alice, recor
     assert record_a.registry_id in page.text and other.registry_id not in page.text
     page = as_alice.get("/patients/", {"cancer": "C34"})
     assert record_a.registry_id in page.text and other.registry_id not in page.text
+
+
+def test_queue_lists_patients_due_for_follow_up_until_follow_up_ends(as_alice, alice, record_a):
+    """Alive at a last visit over 90 days ago is due; a recent visit, death or withdrawal is not."""
+    from registry.selectors.patients import work_queue
+
+    def due():
+        return list(work_queue(alice).due_followup)
+
+    record_a.refresh_from_db()
+    visit = record_a.followups.get()
+    assert record_a.last_followup_date == visit.followup_date and not record_a.followup_closed
+    assert due() == [record_a]
+    assert record_a.registry_id in as_alice.get("/").text
+    recent = timezone.localdate() - dt.timedelta(days=10)
+    clinical.followup_record(patient=record_a, followup_date=recent, vital_status="alive",
+                             acting_user=alice)
+    record_a.refresh_from_db()
+    assert record_a.last_followup_date == recent and due() == []
+    # An edit that moves the visit back makes the patient due again; death ends follow-up.
+    latest = record_a.followups.get(followup_date=recent)
+    clinical.followup_record(patient=record_a, followup_date=recent - dt.timedelta(days=200),
+                             vital_status="alive", instance=latest,
+                             expected_version=latest.version, acting_user=alice)
+    assert due() == [record_a]
+    clinical.followup_record(patient=record_a, followup_date=recent - dt.timedelta(days=100),
+                             vital_status="dead", acting_user=alice)
+    record_a.refresh_from_db()
+    assert record_a.followup_closed and due() == []
+    # Derived columns are not part of the patient's audited content.
+    assert not hasattr(record_a.history.model, "last_followup_date")
 
 
 def test_add_an_adverse_event_through_the_form(as_alice, record_a):

@@ -19,6 +19,7 @@ from django.db import connection
 from registry.biomarkers import parse_biomarkers
 from registry.models import AdverseEvent, Concept, Cycle, LabResult, Patient, SiteTerm
 from registry.services import clinical
+from registry.services.clinical import followup_summary_refresh
 from registry.synth import generator as g
 from registry.synth.extracts import site_frames
 from registry.synth.generator import EPOCH
@@ -159,6 +160,13 @@ def test_seed_loads_the_registry_and_truth_matches_recorded_events(tmp_path, cap
     assert not AdverseEvent.objects.filter(ae__isnull=True).exists()
     assert not LabResult.objects.filter(unit_flag="").filter(value_canonical__isnull=True).exists()
     assert Patient.history.count() == 1500
+    # The derived follow-up columns are what the follow-ups say.
+    summary = list(Patient.objects.order_by("pk").values_list("last_followup_date",
+                                                              "followup_closed"))
+    assert sum(closed for _, closed in summary) > 0 and all(d for d, _ in summary)
+    followup_summary_refresh()
+    assert summary == list(Patient.objects.order_by("pk").values_list("last_followup_date",
+                                                                      "followup_closed"))
     assert AdverseEvent.history.filter(history_change_reason__startswith="synthetic").count() \
         == AdverseEvent.objects.count()
     truth = pd.read_csv(truth_path)
