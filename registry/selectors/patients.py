@@ -35,7 +35,8 @@ def patient_search(user, *, q: str = "", cancer: str = "", status: str = "",
         patients = patients.filter(Q(registry_id=q.upper()) | Q(hospital_number_hash__in=hashes))
     if cancer:
         # A semi-join (no DISTINCT), so the page is read in index order and stops at its end.
-        patients = patients.filter(Exists(Diagnosis.objects.filter(
+        # Scoped like the patients, so only the user's sites' diagnoses are read.
+        patients = patients.filter(Exists(access.diagnoses_visible(user).filter(
             Q(cancer__code=cancer) | Q(cancer__code__startswith=cancer + "."),
             patient=OuterRef("pk"))))
     if status:
