@@ -207,20 +207,23 @@ def decode(name: str, content: bytes) -> tuple[str, str]:
     except UnicodeDecodeError:
         pass
     # Not UTF-8 as a whole. If a real share of its non-ASCII lines are UTF-8 (or a UTF-8 line
-    # is not GB18030 at all), two encodings were mixed; a line or two of GB18030 that happens
-    # to be valid UTF-8 as well is not evidence of that.
+    # is not GB18030 at all), two encodings were mixed. GB18030 text can be valid UTF-8 by
+    # coincidence: a two-byte character such as 药 (D2 A9) reads as a two-byte UTF-8 one (ҩ),
+    # always below U+0800, whereas Chinese written in UTF-8 is three-byte characters. So only
+    # a line whose UTF-8 reading has characters from U+0800 up counts as UTF-8.
     lines = [line for line in content.splitlines() if any(b > 127 for b in line)]
     utf8_lines, utf8_only = 0, False
     for line in lines:
         try:
-            line.decode("utf-8")
+            text = line.decode("utf-8")
         except UnicodeDecodeError:
             continue
-        utf8_lines += 1
         try:
             line.decode("gb18030")
         except UnicodeDecodeError:
             utf8_only = True
+        if any(ord(char) >= 0x800 for char in text):
+            utf8_lines += 1
     if utf8_only or (utf8_lines and utf8_lines >= 0.1 * len(lines)):
         raise ExtractRefused(f"{name}: mixed encodings ({utf8_lines} line(s) are UTF-8, "
                              f"{len(lines) - utf8_lines} are not); save the file in one "

@@ -13,6 +13,7 @@ from django.core.management import call_command
 from django.db import connection
 
 from registry import extracts
+from registry.extracts import ExtractRefused, decode
 from registry.models import (
     AdverseEvent,
     Cycle,
@@ -166,6 +167,18 @@ def test_encodings_bom_gb18030_and_mixed(tmp_path, site_a, alice):
     batch = run(site_a, write(tmp_path / "mixed", mixed), alice)
     assert batch.status == ImportBatch.Status.FAILED
     assert "mixed encodings" in batch.errors[0]["message"]
+
+
+def test_gb18030_that_happens_to_be_valid_utf8_is_not_called_mixed():
+    # 药 in GB18030 is D2 A9, which is also UTF-8 for the Cyrillic ҩ: a whole site's regimen
+    # file can be such lines, and it is still one encoding.
+    content = ("patient_no,line_no,regimen\n" + "H1,1,K药+PC\n" * 30
+               + "H2,1,顺铂\n").encode("gb18030")
+    text, encoding = decode("regimens.csv", content)
+    assert encoding == "gb18030" and text.count("K药+PC") == 30
+    mixed = content + ("H3,1,紫杉醇\n" * 10).encode()
+    with pytest.raises(ExtractRefused, match="mixed encodings"):
+        decode("regimens.csv", mixed)
 
 
 def _zip(path: Path, members: dict) -> Path:
