@@ -272,6 +272,11 @@ def _records(frame: pd.DataFrame, *, text: bool = False) -> list[dict]:
     return [dict(zip(names, row, strict=True)) for row in zip(*columns.values(), strict=True)]
 
 
+# Rows turned into dicts and written per COPY at a time (bounds an import's memory).
+CHUNK_ROWS = 50_000
+_WRITTEN = object()  # marks a natural key this import has already written
+
+
 def _attnames(model) -> dict[str, tuple[str, bool]]:
     """Field name -> (column attribute, is a foreign key) for the model's concrete fields."""
     return {f.name: (f.attname, f.is_relation) for f in model._meta.concrete_fields}
@@ -343,10 +348,13 @@ class _Writer:
         if key not in self.files:
             return
         extract = self.files[key]
-        raw = _records(extract.raw, text=True)
-        parsed = _records(extract.parsed)
-        for index, (r, p) in enumerate(zip(raw, parsed, strict=True)):
-            yield index + 2, p, r
+        # Chunk by chunk, so a large file never exists as dicts all at once.
+        for start in range(0, len(extract.raw), CHUNK_ROWS):
+            stop = start + CHUNK_ROWS
+            raw = _records(extract.raw.iloc[start:stop], text=True)
+            parsed = _records(extract.parsed.iloc[start:stop])
+            for index, (r, p) in enumerate(zip(raw, parsed, strict=True), start):
+                yield index + 2, p, r
 
     def _count(self, table: str, kind: str, n: int = 1) -> None:
         self.counts.setdefault(table, {"created": 0, "updated": 0, "unchanged": 0})
@@ -442,9 +450,12 @@ class _Writer:
                 for name, value in values.items():
                     attname, related = columns[name]
                     new_row[attname] = value.pk if related and value is not None else value
-                existing[natural] = new_row
+                existing[natural] = _WRITTEN
                 new.append(new_row)
-            elif isinstance(obj, dict):  # the file's checks refuse duplicate keys before this
+                if len(new) >= CHUNK_ROWS:  # written as we go: memory stays bounded
+                    self._save(model, key, new, [], [], rows=True)
+                    new = []
+            elif obj is _WRITTEN:  # the file's checks refuse duplicate keys before this
                 raise RuntimeError(f"{key}.csv line {line}: natural key seen twice")
             elif self._apply(obj, values, key, line):
                 changed.append(obj)

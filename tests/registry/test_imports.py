@@ -25,6 +25,7 @@ from registry.models import (
     Patient,
     TreatmentLine,
 )
+from registry.services import imports
 from registry.services.clinical import followup_summary_refresh
 from registry.services.imports import batch_create, extract_import
 from registry.services.mapping_files import mappings_import
@@ -86,8 +87,15 @@ def test_a_small_extract_imports_with_every_format_variant(tmp_path, site_a, ali
     assert ae.history.first().history_user == alice
 
 
-def test_reimport_changes_nothing_and_a_correction_updates_one_row(tmp_path, site_a, alice):
-    run(site_a, write(tmp_path / "a", GOOD), alice)
+@pytest.mark.parametrize("chunk", [50_000, 1])
+def test_reimport_changes_nothing_and_a_correction_updates_one_row(tmp_path, site_a, alice,
+                                                                   monkeypatch, chunk):
+    # chunk 1: every row is turned into a dict and written in a COPY of its own.
+    monkeypatch.setattr(imports, "CHUNK_ROWS", chunk)
+    first = run(site_a, write(tmp_path / "a", GOOD), alice)
+    assert clinical_counts() == [1, 1, 1, 2, 2, 2, 2, 1]
+    assert first.counts["labs"] == {"created": 2, "updated": 0, "unchanged": 0}
+    assert set(LabResult.objects.values_list("import_batch", flat=True)) == {first.pk}
     history = AdverseEvent.history.count()
     again = run(site_a, write(tmp_path / "b", GOOD), alice)
     assert again.status == ImportBatch.Status.IMPORTED
