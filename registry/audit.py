@@ -7,10 +7,14 @@ functions here, which write the history rows in the same transaction.
 
 from __future__ import annotations
 
+import datetime as dt
+import json
 from collections.abc import Sequence
 
+import numpy as np
+import pandas as pd
 from django.contrib.auth.models import User
-from django.db.models import Model
+from django.db.models import ForeignKey, IntegerField, Model
 from simple_history.utils import bulk_create_with_history, bulk_update_with_history
 
 from registry.errors import ValidationFailed
@@ -78,104 +82,107 @@ def history_columns(model: type[Model]) -> list[str]:
     return [f.column for f in model._meta.concrete_fields if f.column in recorded]
 
 
-def copy_create_audited(
+def copy_frame_audited(
     model: type[Model],
-    objs: Sequence[Model],
-    *,
-    acting_user: User | None,
-    reason: str,
-) -> list[Model]:
-    """Insert new model instances with PostgreSQL COPY and write their history rows set-based,
-    in the caller's transaction; elsewhere the same as `bulk_create_audited`."""
-    from django.db import connection
-
-    reason = _require_reason(reason)
-    objs = list(objs)
-    if not objs:
-        return objs
-    if connection.vendor != "postgresql":
-        return bulk_create_audited(model, objs, acting_user=acting_user, reason=reason)
-    fields = model._meta.concrete_fields
-    rows = [{f.attname: getattr(obj, f.attname) for f in fields} for obj in objs]
-    ids, now = _copy_insert(model, rows, acting_user=acting_user, reason=reason)
-    stamped = [f.attname for f in fields if getattr(f, "auto_now", False)
-               or getattr(f, "auto_now_add", False)]
-    for obj, pk in zip(objs, ids, strict=True):
-        obj.pk = pk
-        for attname in stamped:
-            setattr(obj, attname, now)
-        obj._state.adding = False
-        obj._state.db = connection.alias
-    return objs
-
-
-def copy_insert_audited(
-    model: type[Model],
-    rows: Sequence[dict],
+    frame: pd.DataFrame,
     *,
     acting_user: User | None,
     reason: str,
 ) -> list[int]:
-    """Insert new rows given as {attname: value} (no model instances: the fast path of bulk
-    imports) and write their history; fields not given take their defaults, timestamps are
-    now. Returns the new ids in order. Elsewhere than PostgreSQL, `bulk_create_audited`."""
-    from django.db import connection
-
-    reason = _require_reason(reason)
-    if not rows:
-        return []
-    if connection.vendor != "postgresql":
-        objs = [model(**row) for row in rows]
-        bulk_create_audited(model, objs, acting_user=acting_user, reason=reason)
-        return [obj.pk for obj in objs]
-    return _copy_insert(model, rows, acting_user=acting_user, reason=reason)[0]
-
-
-def _copy_insert(model, rows, *, acting_user, reason):
-    """COPY `rows` into the model's table with ids taken from its sequence (so concurrent
-    writers never collide), then one INSERT ... SELECT of their history rows."""
-    import json
-
+    """Insert new rows given as a frame of {attname: column} with PostgreSQL COPY, ids taken
+    from the table's sequence (so concurrent writers never collide), and COPY their history
+    rows from the same values, in the caller's transaction. Fields not given take their
+    defaults; timestamps are now. Returns the new ids in frame order. Elsewhere than
+    PostgreSQL, `bulk_create_audited`."""
     from django.db import connection
     from django.utils import timezone
 
+    reason = _require_reason(reason)
+    if frame.empty:
+        return []
+    if connection.vendor != "postgresql":
+        rows = frame.astype(object).where(frame.notna(), None).to_dict("records")
+        objs = [model(**row) for row in rows]
+        bulk_create_audited(model, objs, acting_user=acting_user, reason=reason)
+        return [obj.pk for obj in objs]
     table = model._meta.db_table
-    fields = model._meta.concrete_fields
     now = timezone.now()
     with connection.cursor() as cursor:
         cursor.execute(
             f"SELECT nextval(pg_get_serial_sequence('{table}', 'id')) "  # noqa: S608
-            "FROM generate_series(1, %s)", [len(rows)])
+            "FROM generate_series(1, %s)", [len(frame)])
         ids = [row[0] for row in cursor.fetchall()]
     pk = model._meta.pk.attname
-    stamped = {f.attname for f in fields if getattr(f, "auto_now", False)
-               or getattr(f, "auto_now_add", False)}
-    json_fields = {f.attname for f in fields if f.get_internal_type() == "JSONField"}
-    defaults = {f.attname: f.get_default() for f in fields
-                if f.attname not in stamped and f.attname != pk}
-    # Per column: where its value comes from (0 id, 1 now, 2 the row or its default).
-    plan = [(f.attname, 0 if f.attname == pk else 1 if f.attname in stamped else 2,
-             f.attname in json_fields) for f in fields]
+    columns = {}
+    for f in model._meta.concrete_fields:
+        if f.attname == pk:
+            values = pd.Series(ids, index=frame.index)
+        elif getattr(f, "auto_now", False) or getattr(f, "auto_now_add", False):
+            values = pd.Series(now, index=frame.index)
+        elif f.attname in frame:
+            values = frame[f.attname]
+        elif callable(f.default):  # e.g. a fresh registry id per row
+            values = pd.Series([f.get_default() for _ in range(len(frame))], index=frame.index,
+                               dtype=object)
+        else:
+            values = pd.Series([f.get_default()] * len(frame), index=frame.index, dtype=object)
+        if f.get_internal_type() == "JSONField":
+            values = values.map(lambda v: None if v is None else json.dumps(v, ensure_ascii=False))
+        elif isinstance(f, IntegerField | ForeignKey) and values.dtype != "Int64":
+            values = values.astype(object).where(values.notna(), None).astype("Int64")
+        columns[f.column] = values
+    # Each column turned to COPY text once, for the table and its history rows alike.
+    text = {column: copy_text(values) for column, values in columns.items()}
+    _copy(table, text)
+    n = len(frame)
+    _copy(model.history.model._meta.db_table, {
+        **{column: text[column] for column in history_columns(model)},
+        "history_date": [now.isoformat(sep=" ")] * n,
+        "history_change_reason": [reason.translate(_ESCAPES)] * n,
+        "history_type": ["+"] * n,
+        "history_user_id": [str(acting_user.pk) if acting_user else "\\N"] * n})
+    return ids
 
-    def value(row, attname, json_field):
-        v = row[attname] if attname in row else defaults[attname]
-        return json.dumps(v, ensure_ascii=False) if json_field else v
 
+def _copy(table: str, columns: dict[str, list[str]]) -> None:
+    """COPY columns of text-format fields (see `copy_text`) into `table` on Django's
+    connection, inside the caller's transaction."""
+    from django.db import connection
+
+    body = "".join(f"{line}\n" for line in map("\t".join, zip(*columns.values(), strict=True)))
     connection.ensure_connection()
-    columns = [f.column for f in fields]
-    with connection.connection.cursor() as raw, raw.copy(
+    with connection.connection.cursor() as cursor, cursor.copy(
         f"COPY {table} ({', '.join(columns)}) FROM STDIN"
     ) as copy:
-        for new_id, row in zip(ids, rows, strict=True):
-            copy.write_row([new_id if source == 0 else now if source == 1
-                            else value(row, attname, json_field)
-                            for attname, source, json_field in plan])
-    history = model.history.model._meta.db_table
-    cols = ", ".join(history_columns(model))
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"INSERT INTO {history} ({cols}, history_date, history_change_reason, "  # noqa: S608
-            f"history_type, history_user_id) SELECT {cols}, %s, %s, '+', %s FROM {table} "
-            f"WHERE id = ANY(%s)",
-            [now, reason, acting_user.pk if acting_user else None, ids])
-    return ids, now
+        copy.write(body)
+
+
+_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
+def _text_value(value) -> str:
+    if isinstance(value, str):
+        return value.translate(_ESCAPES)
+    if isinstance(value, bool | np.bool_):
+        return "t" if value else "f"
+    if isinstance(value, dt.datetime | pd.Timestamp):
+        return value.isoformat(sep=" ")
+    if isinstance(value, float | np.floating):
+        return repr(float(value))
+    return str(value).translate(_ESCAPES)
+
+
+def copy_text(series: pd.Series) -> list[str]:
+    """A column as COPY text-format fields (NULL is \\N; backslashes and control characters
+    escaped), converting each distinct value once."""
+    missing = series.isna().to_numpy()
+    out = np.full(len(series), "\\N", dtype=object)
+    present = series[~missing]
+    if present.empty:
+        return out.tolist()
+    if present.dtype.kind in "iu" or str(present.dtype) == "Int64":
+        out[~missing] = present.astype("int64").astype(str).to_numpy()
+    else:
+        mapping = {v: _text_value(v) for v in present.unique()}
+        out[~missing] = present.map(mapping).to_numpy()
+    return out.tolist()

@@ -15,21 +15,16 @@ from collections import defaultdict
 from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 from django.contrib.auth.models import User
 from django.db import transaction
 from django.utils import timezone
 
-from registry.audit import (
-    audited_save,
-    bulk_update_audited,
-    copy_create_audited,
-    copy_insert_audited,
-)
+from registry.audit import audited_save, bulk_update_audited, copy_frame_audited
 from registry.biomarkers import parse_biomarkers
 from registry.extracts import (
+    NATURAL_KEYS,
     WORDS,
     ExtractFile,
     ExtractRefused,
@@ -49,19 +44,20 @@ from registry.models import (
     FollowUp,
     ImportBatch,
     LabResult,
+    MappingStatus,
     Patient,
     RecordStatus,
     Role,
     Site,
     SiteTerm,
+    TermMapping,
     TreatmentLine,
 )
-from registry.models.clinical import new_registry_id
 from registry.pseudonyms import hospital_number_hash
 from registry.services.clinical import followup_summary_refresh
 from registry.services.mapping import suggest, term_resolve
 from registry.services.organisation import require_site_role
-from registry.services.terminology import approved_concept, convert_to_canonical, lab_canonical
+from registry.services.terminology import convert_to_canonical, lab_canonical
 
 IMPORT_ROLES = (Role.CLERK, Role.MONITOR)
 
@@ -212,12 +208,19 @@ def _resolve(files, site, user, *, dry_run: bool):
             for word, count in files[file_key].raw[column].value_counts().items():
                 if word:
                     words[(domain, word)] += int(count)
+    # Words the site already mapped resolve in two queries; only the others go one by one.
+    known = {(t.domain, t.text): t for t in SiteTerm.objects.filter(
+        site=site, text__in=sorted({word for _, word in words}))}
+    approved = {}
+    for mapping in TermMapping.objects.filter(
+            site_term__in=list(known.values()), status=MappingStatus.APPROVED).select_related(
+            "concept", "concept__vocabulary").order_by("pk"):
+        approved.setdefault(mapping.site_term_id, mapping.concept)
     resolved, unmapped = {}, []
     for (domain, word), count in sorted(words.items()):
-        if dry_run:
-            term = SiteTerm.objects.filter(site=site, domain=domain, text=word).first()
-            concept = approved_concept(term)
-        else:
+        term = known.get((domain, word))
+        concept = approved.get(term.pk) if term else None
+        if concept is None and not dry_run:
             term, concept = term_resolve(site=site, domain=domain, text=word, acting_user=user)
         if concept is None:
             unmapped.append({"domain": domain, "text": word, "rows": count,
@@ -244,159 +247,142 @@ def _check_rules(files, site, concepts) -> None:
         raise _Refused(problems)
 
 
-def _value(value: Any) -> Any:
-    if value is None or (not isinstance(value, dict | list) and pd.isna(value)):
-        return None
-    if hasattr(value, "item"):
-        return value.item()
-    return value
+def _python(series: pd.Series) -> list:
+    """A column as Python values (numpy scalars unwrapped), missing values as None."""
+    missing = series.isna().to_numpy()
+    return [None if m else v for v, m in zip(series.tolist(), missing, strict=True)]
 
 
-def _records(frame: pd.DataFrame, *, text: bool = False) -> list[dict]:
-    """The frame's rows as dicts of Python values, missing values as None (column-wise);
-    `text` frames (the cells as read, all strings) are taken as they are."""
-    columns = {}
-    for name in frame.columns:
-        series = frame[name]
-        values = series.tolist()
-        if text:
-            pass
-        elif series.dtype == object:
-            values = [_value(v) for v in values]
-        else:
-            missing = series.isna().to_numpy()
-            if missing.any():
-                values = [None if m else v for v, m in zip(values, missing, strict=True)]
-        columns[name] = values
-    names = list(columns)
-    return [dict(zip(names, row, strict=True)) for row in zip(*columns.values(), strict=True)]
-
-
-# Rows turned into dicts and written per COPY at a time (bounds an import's memory).
+# New rows go to the database per COPY of at most this many (bounds an import's memory).
 CHUNK_ROWS = 50_000
-_WRITTEN = object()  # marks a natural key this import has already written
-
-
-def _attnames(model) -> dict[str, tuple[str, bool]]:
-    """Field name -> (column attribute, is a foreign key) for the model's concrete fields."""
-    return {f.name: (f.attname, f.is_relation) for f in model._meta.concrete_fields}
 
 
 class _Writer:
-    """Upserts by natural key, table by table, parents first."""
+    """Upserts by natural key, table by table, parents first.
+
+    Each file's column values are computed for all its rows at once (pandas, no model
+    instances); rows whose natural key is new go to COPY in chunks, and only rows that match
+    a stored record are compared field by field and updated (audited) where they differ.
+    """
 
     def __init__(self, batch: ImportBatch, files, concepts) -> None:
-        self.batch, self.files, self.concepts = batch, files, concepts
+        self.batch, self.files = batch, files
         self.site = batch.site
         self.user = batch.uploaded_by
         self.reason = f"import {batch.pk} ({batch.source_name})"
         self.counts: dict[str, dict[str, int]] = {}
         self.problems: list[Problem] = []
         self.factors: dict[tuple[int, int], tuple] = {}
+        # (domain, word) -> (site term id, concept id or None), and the concepts themselves.
+        self.ids = {key: (term.pk if term else None, concept.pk if concept else None)
+                    for key, (term, concept) in concepts.items()}
+        self.concepts = {key: concept for key, (_, concept) in concepts.items()}
 
     def write(self) -> dict:
-        self.patients = self._patients()
-        self._upsert(
-            TreatmentLine, "regimens", lambda r, p: (p["patient"].pk, r["line_no"]),
-            lambda m: (m.patient_id, m.line_no), self._line_values)
-        self._upsert(Diagnosis, "diagnoses",
-                     lambda r, p: (p["patient"].pk, r["diagnosis_date"],
-                                   self._term("condition", p["raw"]["cancer"]).pk),
-                     lambda m: (m.patient_id, m.diagnosis_date, m.cancer_term_id),
-                     self._diagnosis_values)
-        self.all_lines = {(m.patient_id, m.line_no): m for m in TreatmentLine.objects.filter(
-            patient_id__in=[p.pk for p in self.patients.values()])}
-        self._upsert(Cycle, "cycles", lambda r, p: (p["patient"].pk, r["line_no"], r["cycle_no"]),
-                     lambda m: (m.patient_id, m.line.line_no, m.cycle_no), self._cycle_values,
-                     select=("line",))
-        self.cycles = {(m.patient_id, m.line.line_no, m.cycle_no): m for m in
-                       Cycle.objects.filter(patient_id__in=[p.pk for p in
-                                                            self.patients.values()])
-                       .select_related("line")}
-        self._upsert(DrugAdministration, "drugs",
-                     lambda r, p: (p["patient"].pk, r["line_no"], r["cycle_no"], r["day"] or 1,
-                                   self._term("drug", p["raw"]["drug"]).pk),
-                     lambda m: (m.patient_id, m.cycle.line.line_no, m.cycle.cycle_no, m.day,
-                                m.drug_term_id), self._drug_values, select=("cycle__line",))
-        self._upsert(AdverseEvent, "adverse_events",
-                     lambda r, p: (p["patient"].pk, self._term("adverse_event",
-                                                               p["raw"]["term"]).pk,
-                                   r["onset_date"]),
-                     lambda m: (m.patient_id, m.ae_term_id, m.onset_date), self._ae_values)
-        self._upsert(LabResult, "labs",
-                     lambda r, p: (p["patient"].pk, self._term("lab", p["raw"]["test"]).pk,
-                                   r["collected_date"]),
-                     lambda m: (m.patient_id, m.test_term_id, m.collected_date),
-                     self._lab_values)
-        self._upsert(FollowUp, "followups", lambda r, p: (p["patient"].pk, r["followup_date"]),
-                     lambda m: (m.patient_id, m.followup_date), self._followup_values)
+        self.patient_of = self._patients()
+        self.patient_ids = list(self.patient_of.values())
+        self._table(TreatmentLine, "regimens", ["patient_id", "line_no"], self._line_values)
+        self._table(Diagnosis, "diagnoses", ["patient_id", "diagnosis_date", "cancer_term_id"],
+                    self._diagnosis_values)
+        self.lines = {(p, n): i for p, n, i in self._stored(TreatmentLine).values_list(
+            "patient_id", "line_no", "id")}
+        self._table(Cycle, "cycles", ["patient_id", "line_id", "cycle_no"], self._cycle_values)
+        self.cycles = {(p, n, c): i for p, n, c, i in self._stored(Cycle).values_list(
+            "patient_id", "line__line_no", "cycle_no", "id")}
+        self._table(DrugAdministration, "drugs",
+                    ["patient_id", "cycle_id", "day", "drug_term_id"], self._drug_values)
+        self._table(AdverseEvent, "adverse_events", ["patient_id", "ae_term_id", "onset_date"],
+                    self._ae_values)
+        self._table(LabResult, "labs", ["patient_id", "test_term_id", "collected_date"],
+                    self._lab_values)
+        self._table(FollowUp, "followups", ["patient_id", "followup_date"],
+                    self._followup_values)
         if "followups" in self.files:
-            followup_summary_refresh([p.pk for p in self.patients.values()])
+            followup_summary_refresh(self.patient_ids)
         if self.problems:
             raise _Refused(self.problems)
         return self.counts
 
     # -- helpers -------------------------------------------------------------------------------
 
-    def _term(self, domain: str, word: str) -> SiteTerm | None:
-        return self.concepts[(domain, word)][0] if word else None
-
-    def _concept(self, domain: str, word: str) -> Concept | None:
-        return self.concepts[(domain, word)][1] if word else None
-
-    def _rows(self, key: str):
-        if key not in self.files:
-            return
-        extract = self.files[key]
-        # Chunk by chunk, so a large file never exists as dicts all at once.
-        for start in range(0, len(extract.raw), CHUNK_ROWS):
-            stop = start + CHUNK_ROWS
-            raw = _records(extract.raw.iloc[start:stop], text=True)
-            parsed = _records(extract.parsed.iloc[start:stop])
-            for index, (r, p) in enumerate(zip(raw, parsed, strict=True), start):
-                yield index + 2, p, r
+    def _stored(self, model):
+        return model.objects.filter(patient_id__in=self.patient_ids)
 
     def _count(self, table: str, kind: str, n: int = 1) -> None:
         self.counts.setdefault(table, {"created": 0, "updated": 0, "unchanged": 0})
         self.counts[table][kind] += n
 
-    def _patients(self) -> dict[str, Patient]:
-        numbers = set()
-        for extract in self.files.values():
-            numbers |= set(extract.raw["patient_no"])
-        hashes = {n: hospital_number_hash(self.site.code, n) for n in numbers}
-        existing = {p.hospital_number_hash: p for p in Patient.objects.filter(
-            site=self.site, hospital_number_hash__in=list(hashes.values()))}
-        departments = {d.name: d for d in Department.objects.filter(site=self.site)}
-        new, changed = [], []
-        for line, row, raw in self._rows("patients"):
-            birth_year = row.get("birth_year") or (row["birth_date"].year
-                                                   if row.get("birth_date") else None)
-            name = raw.get("department", "")
-            if name and name not in departments:
-                departments[name] = Department.objects.create(site=self.site, name=name)
-            values = {"sex": row["sex"], "birth_year": birth_year,
-                      "department": departments.get(name) if name else None,
-                      "consent_scope": row.get("consent_scope") or "academic",
-                      "consent_date": row.get("consent_date"),
-                      "withdrawn_date": row.get("withdrawn_date")}
-            patient = existing.get(hashes[raw["patient_no"]])
-            if patient is None:
-                patient = Patient(site=self.site, hospital_number_hash=hashes[raw["patient_no"]],
-                                  registry_id=new_registry_id(), status=RecordStatus.SUBMITTED,
-                                  import_batch=self.batch, **values)
-                existing[patient.hospital_number_hash] = patient
-                new.append(patient)
-            elif self._apply(patient, values, "patients", line):
-                changed.append(patient)
+    @staticmethod
+    def _text(frame: pd.DataFrame, column: str, default: str = "") -> pd.Series:
+        """A text column as read (missing column or empty cell: `default`)."""
+        if column not in frame:
+            return pd.Series(default, index=frame.index, dtype=object)
+        return frame[column].where(frame[column] != "", default)
+
+    @staticmethod
+    def _parsed(frame: pd.DataFrame, column: str) -> pd.Series:
+        if column not in frame:
+            return pd.Series(None, index=frame.index, dtype=object)
+        return frame[column]
+
+    def _words(self, domain: str, words: pd.Series) -> tuple[pd.Series, pd.Series]:
+        """The site term ids and concept ids of a column of local words (empty: None)."""
+        terms = {w: ids[0] for (d, w), ids in self.ids.items() if d == domain}
+        concepts = {w: ids[1] for (d, w), ids in self.ids.items() if d == domain}
+        return (words.map(terms).astype("Int64"), words.map(concepts).astype("Int64"))
+
+    def _cycle_ids(self, patient: pd.Series, parsed: pd.DataFrame) -> pd.Series:
+        """The cycle each row names by (line_no, cycle_no), None where it names none."""
+        keys = zip(patient.tolist(), _python(self._parsed(parsed, "line_no")),
+                   _python(self._parsed(parsed, "cycle_no")), strict=True)
+        return pd.Series([self.cycles[k] if k[1] is not None and k[2] is not None else None
+                          for k in keys], index=parsed.index, dtype="Int64")
+
+    def _table(self, model, key: str, natural: list[str], values_for, stored=None) -> None:
+        """Write one file: new natural keys by COPY, matching stored rows compared and
+        updated where they differ."""
+        if key not in self.files:
+            return
+        extract = self.files[key]
+        values = values_for(extract.raw, extract.parsed)
+        keys = list(zip(*(_python(values[c]) for c in natural), strict=True))
+        stored = {tuple(getattr(m, c) for c in natural): m
+                  for m in (stored if stored is not None else self._stored(model))}
+        matched, seen = [], set()
+        for position, natural_key in enumerate(keys):
+            if natural_key in seen:  # e.g. the same date written two ways
+                self.problems.append(Problem(
+                    extract.filename, position + 2, ", ".join(NATURAL_KEYS[key]),
+                    " / ".join(str(extract.raw[c].iloc[position]) for c in NATURAL_KEYS[key]),
+                    "this row repeats the key of an earlier row"))
+            seen.add(natural_key)
+            if natural_key in stored:
+                matched.append(position)
+        is_new = pd.Series(True, index=values.index)
+        is_new.iloc[matched] = False
+        new = values[is_new.to_numpy()].assign(
+            site_id=self.site.pk, status=RecordStatus.SUBMITTED, import_batch_id=self.batch.pk)
+        for start in range(0, len(new), CHUNK_ROWS):
+            copy_frame_audited(model, new.iloc[start:start + CHUNK_ROWS],
+                               acting_user=self.user, reason=self.reason)
+        self._count(key, "created", len(new))
+        if not matched:
+            return
+        rows = values.iloc[matched]
+        columns = {c: _python(rows[c]) for c in rows.columns}
+        changed = []
+        for n, position in enumerate(matched):
+            obj = stored[keys[position]]
+            if self._apply(obj, {c: columns[c][n] for c in columns}, key, position + 2):
+                changed.append(obj)
             else:
-                self._count("patients", "unchanged")
-        self._save(Patient, "patients", new, changed,
-                   ["sex", "birth_year", "department", "consent_scope", "consent_date",
-                    "withdrawn_date"])
-        existing = {p.hospital_number_hash: p for p in Patient.objects.filter(
-            site=self.site, hospital_number_hash__in=list(hashes.values()))}
-        return {n: existing[h] for n, h in hashes.items() if h in existing}
+                self._count(key, "unchanged")
+        if changed:
+            names = {f.attname: f.name for f in model._meta.concrete_fields}
+            bulk_update_audited(model, changed, [*(names[c] for c in rows.columns),
+                                                 "version", "import_batch", "status"],
+                                acting_user=self.user, reason=self.reason)
+        self._count(key, "updated", len(changed))
 
     def _apply(self, obj, values: dict, table: str, line: int) -> bool:
         differs = {k: v for k, v in values.items() if getattr(obj, k) != v}
@@ -415,136 +401,146 @@ class _Writer:
             obj.status = RecordStatus.SUBMITTED
         return True
 
-    def _save(self, model, table, new, changed, fields, *, rows: bool = False) -> None:
-        if new and rows:
-            copy_insert_audited(model, new, acting_user=self.user, reason=self.reason)
-        elif new:
-            copy_create_audited(model, new, acting_user=self.user, reason=self.reason)
-        if changed:
-            bulk_update_audited(model, changed, [*fields, "version", "import_batch", "status"],
-                                acting_user=self.user, reason=self.reason)
-        self._count(table, "created", len(new))
-        self._count(table, "updated", len(changed))
+    # -- per table: every row's column values, vectorised ---------------------------------------
 
-    def _upsert(self, model, key, incoming_key, existing_key, values_for, select=()) -> dict:
-        if key not in self.files:
-            return {}
-        patient_ids = [p.pk for p in self.patients.values()]
-        existing = {existing_key(m): m for m in model.objects.filter(
-            patient_id__in=patient_ids).select_related(*select)}
-        new, changed, fields = [], [], set()
-        columns = _attnames(model)
-        base = {"site_id": self.site.pk, "status": RecordStatus.SUBMITTED,
-                "import_batch_id": self.batch.pk}
-        for line, row, raw in self._rows(key):
-            context = {"patient": self.patients[raw["patient_no"]], "raw": raw}
-            values = values_for(row, context, line)
-            if values is None:
-                continue
-            natural = incoming_key(row, context)
-            obj = existing.get(natural)
-            fields |= set(values)
-            if obj is None:
-                # A new row goes to COPY as column values: no model instance is built.
-                new_row = dict(base, patient_id=context["patient"].pk)
-                for name, value in values.items():
-                    attname, related = columns[name]
-                    new_row[attname] = value.pk if related and value is not None else value
-                existing[natural] = _WRITTEN
-                new.append(new_row)
-                if len(new) >= CHUNK_ROWS:  # written as we go: memory stays bounded
-                    self._save(model, key, new, [], [], rows=True)
-                    new = []
-            elif obj is _WRITTEN:  # the file's checks refuse duplicate keys before this
-                raise RuntimeError(f"{key}.csv line {line}: natural key seen twice")
-            elif self._apply(obj, values, key, line):
-                changed.append(obj)
-            else:
-                self._count(key, "unchanged")
-        self._save(model, key, new, changed, sorted(fields), rows=True)
-        return existing
+    def _patients(self) -> dict[str, int]:
+        """Write patients.csv; the registry id of every patient number the extract names."""
+        numbers = set()
+        for extract in self.files.values():
+            numbers |= set(extract.raw["patient_no"])
+        self.hashes = hashes = {n: hospital_number_hash(self.site.code, n) for n in numbers}
+        stored = Patient.objects.filter(site=self.site,
+                                        hospital_number_hash__in=list(hashes.values()))
+        if "patients" in self.files:
+            raw = self.files["patients"].raw
+            departments = {d.name: d.pk for d in Department.objects.filter(site=self.site)}
+            for name in sorted(set(raw.get("department", pd.Series(dtype=object))) - {""}):
+                if name not in departments:
+                    departments[name] = Department.objects.create(site=self.site, name=name).pk
+            self.departments = departments
+            self._table(Patient, "patients", ["hospital_number_hash"], self._patient_values,
+                        stored=stored)
+        number_of = {h: n for n, h in hashes.items()}
+        return {number_of[h]: pk for pk, h in stored.values_list("pk", "hospital_number_hash")}
 
-    # -- per table ----------------------------------------------------------------------------
+    def _patient_values(self, raw, parsed):
+        birth_year = self._parsed(parsed, "birth_year").astype(object)
+        birth_date = self._parsed(parsed, "birth_date")
+        birth_year = birth_year.where(birth_year.notna(), birth_date.map(
+            lambda d: d.year if d is not None and not pd.isna(d) else None))
+        return pd.DataFrame({
+            "hospital_number_hash": raw["patient_no"].map(self.hashes),
+            "sex": parsed["sex"], "birth_year": birth_year.astype("Int64"),
+            "department_id": self._text(raw, "department").map(self.departments).astype("Int64"),
+            "consent_scope": self._parsed(parsed, "consent_scope").fillna("academic")
+            .replace("", "academic"),
+            "consent_date": self._parsed(parsed, "consent_date"),
+            "withdrawn_date": self._parsed(parsed, "withdrawn_date")})
 
-    def _line_values(self, r, c, line):
-        raw = c["raw"]
-        return {"line_no": r["line_no"], "regimen_term": self._term("regimen", raw.get("regimen")),
-                "regimen": self._concept("regimen", raw.get("regimen")),
-                "intent": r.get("intent") or "", "start_date": r["start_date"],
-                "end_date": r.get("end_date")}
+    def _frame(self, raw, columns: dict) -> pd.DataFrame:
+        return pd.DataFrame({"patient_id": raw["patient_no"].map(self.patient_of), **columns},
+                            index=raw.index)
 
-    def _diagnosis_values(self, r, c, line):
-        raw = c["raw"]
-        return {"diagnosis_date": r["diagnosis_date"],
-                "cancer_term": self._term("condition", raw["cancer"]),
-                "cancer": self._concept("condition", raw["cancer"]),
-                "morphology_term": self._term("morphology", raw.get("morphology")),
-                "morphology": self._concept("morphology", raw.get("morphology")),
-                "stage_system": raw.get("stage_system", ""),
-                "stage_group": raw.get("stage_group", ""), "t": raw.get("t", ""),
-                "n": raw.get("n", ""), "m": raw.get("m", ""), "ecog": r.get("ecog"),
-                "biomarkers": parse_biomarkers(raw.get("biomarkers", ""))}
+    def _line_values(self, raw, parsed):
+        term, concept = self._words("regimen", self._text(raw, "regimen"))
+        return self._frame(raw, {
+            "line_no": parsed["line_no"], "regimen_term_id": term, "regimen_id": concept,
+            "intent": self._parsed(parsed, "intent").fillna(""),
+            "start_date": parsed["start_date"], "end_date": self._parsed(parsed, "end_date")})
 
-    def _cycle_values(self, r, c, line):
-        bsa = r.get("bsa_m2")
-        return {"line": self.all_lines[(c["patient"].pk, r["line_no"])],
-                "cycle_no": r["cycle_no"], "start_date": r["start_date"],
-                "length_days": r.get("length_days"),
-                "bsa_m2": Decimal(f"{bsa:.2f}") if bsa is not None else None}
+    def _diagnosis_values(self, raw, parsed):
+        cancer_term, cancer = self._words("condition", raw["cancer"])
+        morphology_term, morphology = self._words("morphology", self._text(raw, "morphology"))
+        biomarkers = self._text(raw, "biomarkers")
+        parsed_biomarkers = {text: parse_biomarkers(text) for text in biomarkers.unique()}
+        return self._frame(raw, {
+            "diagnosis_date": parsed["diagnosis_date"], "cancer_term_id": cancer_term,
+            "cancer_id": cancer, "morphology_term_id": morphology_term,
+            "morphology_id": morphology,
+            **{c: self._text(raw, c) for c in ("stage_system", "stage_group", "t", "n", "m")},
+            "ecog": self._parsed(parsed, "ecog"), "biomarkers": biomarkers.map(parsed_biomarkers)})
 
-    def _cycle(self, c, r):
-        if r.get("cycle_no") is None or r.get("line_no") is None:
-            return None
-        return self.cycles[(c["patient"].pk, r["line_no"], r["cycle_no"])]
+    def _cycle_values(self, raw, parsed):
+        patient = raw["patient_no"].map(self.patient_of)
+        bsa = self._parsed(parsed, "bsa_m2")
+        return self._frame(raw, {
+            "line_id": pd.Series([self.lines[k] for k in zip(
+                patient.tolist(), _python(parsed["line_no"]), strict=True)],
+                index=raw.index, dtype="Int64"),
+            "cycle_no": parsed["cycle_no"], "start_date": parsed["start_date"],
+            "length_days": self._parsed(parsed, "length_days"),
+            "bsa_m2": pd.Series([None if v is None else Decimal(f"{v:.2f}")
+                                 for v in _python(bsa)], index=raw.index, dtype=object)})
 
-    def _drug_values(self, r, c, line):
-        raw = c["raw"]
-        dose = r.get("dose")
-        return {"cycle": self._cycle(c, r), "day": r.get("day") or 1,
-                "drug_term": self._term("drug", raw["drug"]),
-                "drug": self._concept("drug", raw["drug"]),
-                "dose": Decimal(str(dose)).quantize(Decimal("0.001")) if dose is not None
-                else None, "dose_unit": r.get("dose_unit") or "", "route": r.get("route") or "",
-                "purpose": r.get("purpose") or "antineoplastic"}
+    def _drug_values(self, raw, parsed):
+        term, concept = self._words("drug", raw["drug"])
+        dose = self._parsed(parsed, "dose")
+        return self._frame(raw, {
+            "cycle_id": self._cycle_ids(raw["patient_no"].map(self.patient_of), parsed),
+            "day": self._parsed(parsed, "day").fillna(1).astype("Int64"),
+            "drug_term_id": term, "drug_id": concept,
+            "dose": pd.Series([None if v is None else Decimal(str(v)).quantize(Decimal("0.001"))
+                               for v in _python(dose)], index=raw.index, dtype=object),
+            "dose_unit": self._parsed(parsed, "dose_unit").fillna(""),
+            "route": self._parsed(parsed, "route").fillna(""),
+            "purpose": self._parsed(parsed, "purpose").fillna("antineoplastic")})
 
-    def _ae_values(self, r, c, line):
-        raw = c["raw"]
-        return {"ae_term": self._term("adverse_event", raw["term"]),
-                "ae": self._concept("adverse_event", raw["term"]), "grade": r["grade"],
-                "onset_date": r["onset_date"], "resolved_date": r.get("resolved_date"),
-                "serious": bool(r.get("serious")), "cycle": self._cycle(c, r)}
+    def _ae_values(self, raw, parsed):
+        term, concept = self._words("adverse_event", raw["term"])
+        serious = self._parsed(parsed, "serious")
+        return self._frame(raw, {
+            "ae_term_id": term, "ae_id": concept, "grade": parsed["grade"],
+            "onset_date": parsed["onset_date"],
+            "resolved_date": self._parsed(parsed, "resolved_date"),
+            "serious": serious.where(serious.notna(), False).astype(bool),
+            "cycle_id": self._cycle_ids(raw["patient_no"].map(self.patient_of), parsed)})
 
-    def _lab_values(self, r, c, line):
-        raw = c["raw"]
-        lab = self._concept("lab", raw["test"])
-        unit_word = raw.get("unit", "")
-        unit = self._concept("unit", unit_word)
-        value = r["value_value"]
-        canonical, canonical_unit, flag = lab_canonical(
-            lab=lab, unit=unit, value=value, unit_given=bool(unit_word),
-            convert=self._conversion)
-        return {"test_term": self._term("lab", raw["test"]), "lab": lab,
-                "collected_date": r["collected_date"], "value_text": raw["value"],
-                "comparator": r["value_comparator"] or "", "value": value,
-                "unit_term": self._term("unit", unit_word), "unit": unit,
-                "value_canonical": canonical, "canonical_unit": canonical_unit,
-                "unit_flag": flag, "cycle": self._cycle(c, r)}
+    def _lab_values(self, raw, parsed):
+        tests, units = raw["test"], self._text(raw, "unit")
+        test_term, lab = self._words("lab", tests)
+        unit_term, unit = self._words("unit", units)
+        value = parsed["value_value"]
+        # The one rule for the canonical form (lab_canonical), once per (test, unit) word pair:
+        # the factor is the canonical value of 1 in the unit as written.
+        rules = {}
+        for pair in set(zip(tests, units, strict=True)):
+            factor, canonical_unit, flag = lab_canonical(
+                lab=self.concepts[("lab", pair[0])],
+                unit=self.concepts.get(("unit", pair[1])), value=1.0,
+                unit_given=bool(pair[1]), convert=self._conversion)
+            rules[pair] = (factor, canonical_unit.pk if canonical_unit else None, flag)
+        rule = [rules[pair] for pair in zip(tests, units, strict=True)]
+        values = _python(value)
+        return self._frame(raw, {
+            "test_term_id": test_term, "lab_id": lab, "collected_date": parsed["collected_date"],
+            "value_text": raw["value"], "comparator": parsed["value_comparator"].fillna(""),
+            "value": value, "unit_term_id": unit_term, "unit_id": unit,
+            "value_canonical": pd.Series(
+                [round(v * r[0], 9) if v is not None and r[0] is not None else None
+                 for v, r in zip(values, rule, strict=True)], index=raw.index, dtype=float),
+            "canonical_unit_id": pd.Series(
+                [r[1] if v is not None else None for v, r in zip(values, rule, strict=True)],
+                index=raw.index, dtype="Int64"),
+            "unit_flag": pd.Series(
+                [r[2] if v is not None else lab_canonical(lab=None, unit=None, value=None,
+                                                          unit_given=bool(u))[2]
+                 for v, r, u in zip(values, rule, units, strict=True)], index=raw.index),
+            "cycle_id": self._cycle_ids(raw["patient_no"].map(self.patient_of), parsed)})
 
     def _conversion(self, *, lab: Concept, unit: Concept, value: float):
-        """convert_to_canonical, with each (lab, unit) factor looked up once per import."""
+        """convert_to_canonical, each (lab, unit) factor looked up once per import."""
         key = (lab.pk, unit.pk)
         if key not in self.factors:
             self.factors[key] = convert_to_canonical(lab=lab, unit=unit, value=1.0)
         factor, canonical = self.factors[key]
         if factor is None:
             return None, None
-        return round(value * factor, 9), canonical
+        return value * factor, canonical
 
-    def _followup_values(self, r, c, line):
-        return {"followup_date": r["followup_date"], "vital_status": r["vital_status"],
-                "progression": r.get("progression"),
-                "progression_date": r.get("progression_date"), "ecog": r.get("ecog"),
-                "cause_of_death": c["raw"].get("cause_of_death", "")}
-
-
-
+    def _followup_values(self, raw, parsed):
+        return self._frame(raw, {
+            "followup_date": parsed["followup_date"], "vital_status": parsed["vital_status"],
+            "progression": self._parsed(parsed, "progression"),
+            "progression_date": self._parsed(parsed, "progression_date"),
+            "ecog": self._parsed(parsed, "ecog"),
+            "cause_of_death": self._text(raw, "cause_of_death")})

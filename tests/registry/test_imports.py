@@ -218,6 +218,20 @@ def test_formula_text_is_stored_as_text(tmp_path, site_a, alice):
     assert FollowUp.objects.get().cause_of_death == "=cmd|' /C calc'!A0"
 
 
+@pytest.mark.parametrize("text", ["\\N", "a\\Nb\\", "tab\there", "two\nlines", "\"quoted\"", ""])
+def test_free_text_survives_the_copy_path_exactly(tmp_path, site_a, alice, text):
+    # COPY's text format: a literal \N must not become NULL, nor a tab or newline split a row.
+    cell = '"' + text.replace('"', '""') + '"'
+    files = dict(GOOD, **{"followups.csv": "patient_no,followup_date,vital_status,cause_of_death"
+                                           f"\nH001,2024-09-01,死亡,{cell}\n"})
+    batch = run(site_a, write(tmp_path / "x", files), alice)
+    assert batch.status == ImportBatch.Status.IMPORTED, batch.errors
+    followup = FollowUp.objects.get()
+    assert followup.cause_of_death == text
+    assert followup.history.get().cause_of_death == text
+    assert followup.history.get().history_user == alice
+
+
 def test_xlsx_files_are_read(tmp_path, site_a, alice):
     folder = write(tmp_path / "x", {k: v for k, v in GOOD.items() if k != "patients.csv"})
     frame = pd.read_csv(io.StringIO(PATIENTS), dtype=str)
