@@ -24,6 +24,7 @@ from registry.models import (
     AdverseEvent,
     Concept,
     Cycle,
+    Department,
     Diagnosis,
     DrugAdministration,
     FollowUp,
@@ -146,8 +147,9 @@ class CohortWriter:
         if self.vendor == "postgresql":
             foreign_keys_restore(self._foreign_keys)
             # Fresh statistics, or the planner scans millions of rows it thinks are not there.
+            # That includes the site terms every chart joins (tens of thousands after a seed).
             with connection.cursor() as cursor:
-                for model in CLINICAL_MODELS:
+                for model in (*CLINICAL_MODELS, SiteTerm, TermMapping, Department):
                     cursor.execute(f"ANALYZE {model._meta.db_table}")
 
     def _ids(self, model: type[models.Model], n: int) -> np.ndarray:
