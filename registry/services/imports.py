@@ -348,16 +348,19 @@ class _Writer:
         keys = list(zip(*(_python(values[c]) for c in natural), strict=True))
         stored = {tuple(getattr(m, c) for c in natural): m
                   for m in (stored if stored is not None else self._stored(model))}
-        matched, seen = [], set()
+        matched, seen, repeated = [], {}, []
         for position, natural_key in enumerate(keys):
             if natural_key in seen:  # e.g. the same date written two ways
-                self.problems.append(Problem(
-                    extract.filename, position + 2, ", ".join(NATURAL_KEYS[key]),
-                    " / ".join(str(extract.raw[c].iloc[position]) for c in NATURAL_KEYS[key]),
-                    "this row repeats the key of an earlier row"))
-            seen.add(natural_key)
+                columns = [c for c in NATURAL_KEYS[key] if c in extract.raw]
+                repeated.append(Problem(
+                    extract.filename, position + 2, ", ".join(columns),
+                    " / ".join(str(extract.raw[c].iloc[position]) for c in columns),
+                    f"this row repeats the key of row {seen[natural_key] + 2} once read"))
+            seen.setdefault(natural_key, position)
             if natural_key in stored:
                 matched.append(position)
+        if repeated:  # nothing of this extract may be written
+            raise _Refused(self.problems + repeated)
         is_new = pd.Series(True, index=values.index)
         is_new.iloc[matched] = False
         new = values[is_new.to_numpy()].assign(

@@ -232,6 +232,16 @@ def test_free_text_survives_the_copy_path_exactly(tmp_path, site_a, alice, text)
     assert followup.history.get().history_user == alice
 
 
+def test_the_same_key_written_two_ways_is_refused_and_nothing_written(tmp_path, site_a, alice):
+    # Different text, same meaning once parsed: one adverse event listed twice.
+    aes = AES + "H001,恶心,1级,2024/3/17,N,1,1\n"
+    batch = run(site_a, write(tmp_path / "x", dict(GOOD, **{"adverse_events.csv": aes})), alice)
+    assert batch.status == ImportBatch.Status.FAILED
+    assert [(e["file"], e["row"]) for e in batch.errors] == [("adverse_events.csv", 4)]
+    assert "repeats the key of row 2 once read" in batch.errors[0]["message"]
+    assert clinical_counts() == [0] * 8
+
+
 def test_xlsx_files_are_read(tmp_path, site_a, alice):
     folder = write(tmp_path / "x", {k: v for k, v in GOOD.items() if k != "patients.csv"})
     frame = pd.read_csv(io.StringIO(PATIENTS), dtype=str)
