@@ -407,7 +407,7 @@ class _Writer:
     # -- per table: every row's column values, vectorised ---------------------------------------
 
     def _patients(self) -> dict[str, int]:
-        """Write patients.csv; the registry id of every patient number the extract names."""
+        """Write patients.csv; return the database id of every patient number the extract names."""
         numbers = set()
         for extract in self.files.values():
             numbers |= set(extract.raw["patient_no"])
