@@ -423,6 +423,8 @@ class _Writer:
             self.departments = departments
             self._table(Patient, "patients", ["hospital_number_hash"], self._patient_values,
                         stored=stored)
+        else:
+            self._count("patients", "created", 0)  # the report always lists patients
         number_of = {h: n for n, h in hashes.items()}
         return {number_of[h]: pk for pk, h in stored.values_list("pk", "hospital_number_hash")}
 
@@ -480,7 +482,8 @@ class _Writer:
         dose = self._parsed(parsed, "dose")
         return self._frame(raw, {
             "cycle_id": self._cycle_ids(raw["patient_no"].map(self.patient_of), parsed),
-            "day": self._parsed(parsed, "day").fillna(1).astype("Int64"),
+            "day": (pd.Series(1, index=raw.index, dtype="Int64") if "day" not in parsed
+                    else parsed["day"].astype("Int64").fillna(1)),
             "drug_term_id": term, "drug_id": concept,
             "dose": pd.Series([None if v is None else Decimal(str(v)).quantize(Decimal("0.001"))
                                for v in _python(dose)], index=raw.index, dtype=object),
