@@ -12,8 +12,11 @@ import socket
 from urllib.parse import urlparse
 
 import pytest
+from celery.contrib.testing.worker import start_worker
+from celery.signals import task_postrun
 from django.db import connection
 
+from registry.celery import app
 from registry.models import Concept, Role
 from registry.services.organisation import site_upsert, user_add
 from registry.services.terminology import starter_vocabulary_load
@@ -122,3 +125,20 @@ def pat(db):
 def ada(db):
     """Registry admin."""
     return _person("ada", Role.ADMIN)
+
+
+def _close_worker_connection(**kwargs):
+    connection.close()  # runs in the worker's thread: its own connection, not the test's
+
+
+@pytest.fixture
+def redis_worker(settings):
+    """A real Celery worker (in a thread of this process) consuming from Redis."""
+    app.conf.task_always_eager = False
+    task_postrun.connect(_close_worker_connection)
+    try:
+        with start_worker(app, pool="solo", perform_ping_check=False, loglevel="WARNING"):
+            yield app
+    finally:
+        task_postrun.disconnect(_close_worker_connection)
+        app.conf.task_always_eager = settings.CELERY_TASK_ALWAYS_EAGER

@@ -201,7 +201,8 @@ def _existing_structure(site: Site, files) -> tuple[set, set, set]:
 
 
 def _resolve(files, site, user, *, dry_run: bool):
-    """{(domain, word): (site term, concept)} and the words still needing a mapping."""
+    """{(domain, word): (site term, concept)} and the words still needing a mapping (neither
+    approved nor marked not mappable)."""
     words: dict[tuple[str, str], int] = defaultdict(int)
     for (file_key, column), domain in WORDS.items():
         if file_key in files and column in files[file_key].raw.columns:
@@ -222,7 +223,8 @@ def _resolve(files, site, user, *, dry_run: bool):
         concept = approved.get(term.pk) if term else None
         if concept is None and not dry_run:
             term, concept = term_resolve(site=site, domain=domain, text=word, acting_user=user)
-        if concept is None:
+        # A word a reviewer marked not mappable is stored as written, with no concept.
+        if concept is None and not (term is not None and term.unmappable):
             unmapped.append({"domain": domain, "text": word, "rows": count,
                              "suggestions": [s.as_dict() for s in suggest(domain, word,
                                                                           site=site, limit=3)]})

@@ -183,3 +183,100 @@ def test_the_second_save_is_refused_in_the_browser(vocabulary, site_a, alice, mo
     assert page.locator("#id_grade").input_value() == "1"  # alice's input is still there
     ae.refresh_from_db()
     assert ae.grade == 3
+
+
+# A hospital's export as its HIS writes it: GB18030, Chinese words, its own drug names.
+EXPORT = {
+    "patients.csv": "patient_no,sex,birth_year,department\nZY0001,男,1958,肿瘤内科\n"
+                    "ZY0002,女,1963,肿瘤内科\n",
+    "diagnoses.csv": "patient_no,diagnosis_date,cancer,stage_group\nZY0001,2024-02-20,肺癌,IVA\n"
+                     "ZY0002,2024-03-01,肺癌,IIIB\n",
+    "regimens.csv": "patient_no,line_no,regimen,start_date\nZY0001,1,PP,2024-03-01\n"
+                    "ZY0002,1,DP,2024-03-10\n",
+    "cycles.csv": "patient_no,line_no,cycle_no,start_date\nZY0001,1,1,2024-03-01\n"
+                  "ZY0002,1,1,2024-03-10\n",
+    "drugs.csv": "patient_no,line_no,cycle_no,drug,dose,dose_unit\n"
+                 "ZY0001,1,1,顺铂,75,mg/m2\nZY0001,1,1,{pemetrexed},500,mg/m2\n"
+                 "ZY0002,1,1,{docetaxel},75,mg/m2\nZY0002,1,1,顺铂,75,mg/m2\n"
+                 "ZY0002,1,1,{house},8,mg\n",
+    "adverse_events.csv": "patient_no,term,grade,onset_date,line_no,cycle_no\n"
+                          "ZY0001,恶心,2级,2024-03-03,1,1\n",
+    "labs.csv": "patient_no,collected_date,test,value,unit,line_no,cycle_no\n"
+                "ZY0002,2024-03-20,ANC,800,/mm3,1,1\n",
+    "followups.csv": "patient_no,followup_date,vital_status\nZY0001,2024-09-01,存活\n",
+}
+WORDS = {"pemetrexed": "注射用培美曲塞二钠", "docetaxel": "多西他赛注射液",
+         "house": "止吐合剂(院内)"}
+
+
+@pytest.mark.redis
+@pytest.mark.postgres
+def test_monitor_takes_a_hospital_export_from_upload_to_imported(
+        vocabulary, site_a, mona, live_server, page, redis_worker, tmp_path, settings):
+    import zipfile
+
+    from registry.models import DrugAdministration, ImportBatch, TreatmentLine
+
+    settings.IMPORT_UPLOAD_DIR = tmp_path / "uploads"
+    archive = tmp_path / "肿瘤科导出202409.zip"
+    with zipfile.ZipFile(archive, "w") as handle:
+        for name, text in EXPORT.items():
+            handle.writestr(name, text.format(**WORDS).encode("gb18030"))
+    base = live_server.url
+    login(page, base, "mona")
+    page.select_option("select[name=language]", "zh-hans")
+    page.wait_for_selector("html[lang=zh-hans]")
+
+    # Upload: a worker imports it while the page polls; it stops on the hospital's own words.
+    page.goto(f"{base}/imports/")
+    page.set_input_files("input[type=file]", str(archive))
+    page.click("#upload")
+    page.wait_for_selector("text=需要映射的本院术语", timeout=60_000)
+    batch = ImportBatch.objects.get()
+    assert batch.status == ImportBatch.Status.NEEDS_MAPPING
+    assert sorted(w["text"] for w in batch.unmapped) == sorted([*WORDS.values(), "DP"])
+    for word in WORDS.values():
+        assert word in page.locator("table").last.inner_text()
+    assert DrugAdministration.objects.count() == 0  # nothing written yet
+
+    # The review queue: approve a top suggestion, bulk-approve another, search for a third,
+    # and mark the last not mappable.
+    page.click("text=术语映射审核")
+    page.wait_for_selector("tr.term")
+    pemetrexed = page.locator("tr.term", has_text=WORDS["pemetrexed"])
+    assert "pemetrexed" in pemetrexed.locator("ul.suggestions li").first.inner_text()
+    pemetrexed.locator("ul.suggestions li").first.get_by_role("button", name="批准").click()
+    page.wait_for_selector(f"tr.term:has-text('{WORDS['docetaxel']}')")
+    assert page.locator("tr.term", has_text=WORDS["pemetrexed"]).count() == 0
+    docetaxel = page.locator("tr.term", has_text=WORDS["docetaxel"])
+    assert "docetaxel" in docetaxel.locator("ul.suggestions li").first.inner_text()
+    docetaxel.locator("input[type=checkbox]").check()
+    page.get_by_role("button", name="批准所选术语的首选建议").click()
+    page.wait_for_selector("text=已批准 1 条映射。")
+    house = page.locator("tr.term", has_text=WORDS["house"])
+    search = house.locator("input[name=concept_code]")
+    search.fill("ondansetron")
+    page.wait_for_function(
+        "[...document.querySelectorAll('datalist option')].some(o => o.value === 'ATC:A04AA01')")
+    search.fill("ATC:A04AA01")
+    house.get_by_role("button", name="映射", exact=True).click()
+    page.wait_for_selector("tr.term:has-text('DP') >> nth=0")
+    assert page.locator("tr.term", has_text=WORDS["house"]).count() == 0
+    # The hospital's own regimen name has no standard concept: stored as written, with a why.
+    dp = page.locator("tr.term", has_text="DP")
+    dp.locator("input[name=reason]").fill("本院自定方案（多西他赛+顺铂），标准词表无此方案")
+    dp.get_by_role("button", name="无法映射").click()
+    page.wait_for_selector("text=所有术语均已映射。")
+
+    # Back to the import: resume without uploading again, and watch it finish.
+    page.goto(f"{base}/imports/{batch.pk}/")
+    page.click("#resume")
+    page.wait_for_selector("#stage:has-text('已导入')", timeout=60_000)
+    batch.refresh_from_db()
+    assert batch.status == ImportBatch.Status.IMPORTED and batch.uploaded_by == mona
+    assert batch.counts["drugs"]["created"] == 5
+    codes = dict(DrugAdministration.objects.values_list("drug_term__text", "drug__code"))
+    assert codes == {"顺铂": "L01XA01", WORDS["pemetrexed"]: "L01BA04",
+                     WORDS["docetaxel"]: "L01CD02", WORDS["house"]: "A04AA01"}
+    regimens = dict(TreatmentLine.objects.values_list("regimen_term__text", "regimen__code"))
+    assert regimens == {"PP": "REG-PEM-CIS", "DP": None}

@@ -23,11 +23,13 @@ from registry.models import (
     ImportBatch,
     LabResult,
     Patient,
+    SiteTerm,
     TreatmentLine,
 )
 from registry.services import imports
 from registry.services.clinical import followup_summary_refresh
 from registry.services.imports import batch_create, extract_import
+from registry.services.mapping import term_mark_unmappable
 from registry.services.mapping_files import mappings_import
 from registry.services.organisation import site_upsert
 from registry.synth import generator as g
@@ -126,6 +128,21 @@ def test_unmapped_words_stop_the_import_until_mapped(tmp_path, site_a, alice, ca
     batch.refresh_from_db()
     assert batch.status == ImportBatch.Status.IMPORTED
     assert DrugAdministration.objects.filter(drug__code="L01XA02").count() == 1
+
+
+def test_a_word_marked_not_mappable_is_imported_as_written(tmp_path, site_a, alice, mona):
+    own_regimen = REGIMENS.replace("PP", "本院方案7")
+    folder = write(tmp_path / "x", dict(GOOD, **{"regimens.csv": own_regimen}))
+    batch = run(site_a, folder, alice)
+    assert batch.status == ImportBatch.Status.NEEDS_MAPPING
+    assert [w["text"] for w in batch.unmapped] == ["本院方案7"]
+    term = SiteTerm.objects.get(site=site_a, domain="regimen", text="本院方案7")
+    term_mark_unmappable(term=term, acting_user=mona, reason="hospital's own regimen")
+    call_command("import_extract", "--resume", str(batch.pk))
+    batch.refresh_from_db()
+    assert batch.status == ImportBatch.Status.IMPORTED and batch.unmapped == []
+    line = TreatmentLine.objects.get()
+    assert (line.regimen_term, line.regimen) == (term, None)
 
 
 @pytest.mark.parametrize(("change", "message"), [

@@ -1,30 +1,10 @@
 """Celery behaviour on a real worker consuming from Redis."""
 
 import pytest
-from celery.contrib.testing.worker import start_worker
-from celery.signals import task_postrun
-from django.db import connection
 
-from registry.celery import app
 from registry.models import SiteTerm
 from registry.tasks import site_term_frequencies_refresh_task
 from tests.registry import factories
-
-
-def _close_worker_connection(**kwargs):
-    connection.close()  # runs in the worker's thread: its own connection, not the test's
-
-
-@pytest.fixture
-def redis_worker(settings):
-    app.conf.task_always_eager = False
-    task_postrun.connect(_close_worker_connection)
-    try:
-        with start_worker(app, pool="solo", perform_ping_check=False, loglevel="WARNING"):
-            yield app
-    finally:
-        task_postrun.disconnect(_close_worker_connection)
-        app.conf.task_always_eager = settings.CELERY_TASK_ALWAYS_EAGER
 
 
 @pytest.mark.redis
