@@ -204,15 +204,20 @@ def import_benchmark(*, patients: int, progress=print, keepdb: bool = False) -> 
             progress(f"[{number}/{len(specs)}] {spec.code} imported, {rows:,} rows, "
                      f"{watch.seconds:.1f} s")
         ours_rss = peak_rss_mib()
-        baseline = copy_baseline(_tables(), root)
-        # The same COPY with foreign keys checked per row: what a writer that keeps the
-        # tables open to other sites' imports (as ours does) cannot avoid.
-        enforced = copy_baseline(_tables(), root, foreign_keys=True)
-        figures.append(Figure(name="import", ours_s=watch.seconds, baseline="postgres_copy",
-                              baseline_s=baseline, rows=rows, peak_rss_mib=ours_rss,
-                              extra={"copy_with_foreign_keys_s": round(enforced, 3),
-                                     "ratio_vs_copy_with_foreign_keys":
-                                         round(watch.seconds / enforced, 3)}))
+        # Each path is compared with the raw COPY under its own locking regime. The import is a
+        # live writer: other sites import and clerks type while it runs, so it cannot drop the
+        # tables' foreign keys (ALTER TABLE takes an ACCESS EXCLUSIVE lock); its physical limit
+        # is a COPY of the same rows into the same tables as they stand, each foreign key
+        # checked by PostgreSQL. The offline bulk load (suspend the keys, COPY, re-validate each
+        # key in one pass, as the seed does) is reported beside it.
+        bulk_load = copy_baseline(_tables(), root)
+        checked = copy_baseline(_tables(), root, foreign_keys=True)
+        figures.append(Figure(name="import", ours_s=watch.seconds,
+                              baseline="postgres_copy_foreign_keys_checked",
+                              baseline_s=checked, rows=rows, peak_rss_mib=ours_rss,
+                              extra={"copy_foreign_keys_suspended_s": round(bulk_load, 3),
+                                     "ratio_vs_copy_foreign_keys_suspended":
+                                         round(watch.seconds / bulk_load, 3)}))
         # A clerk's extract of about 1,000 rows, into a new site, once the reloaded tables
         # have statistics again (as autovacuum gives them after a bulk load; with none the
         # planner takes millions of rows for an empty table).
