@@ -57,7 +57,11 @@ from registry.pseudonyms import hospital_number_hash
 from registry.services.clinical import followup_summary_refresh
 from registry.services.mapping import suggest, term_resolve
 from registry.services.organisation import require_site_role
-from registry.services.terminology import convert_to_canonical, lab_canonical
+from registry.services.terminology import (
+    convert_to_canonical,
+    lab_canonical,
+    site_term_frequencies_refresh,
+)
 
 IMPORT_ROLES = (Role.CLERK, Role.MONITOR)
 
@@ -101,7 +105,11 @@ def extract_import(batch: ImportBatch, *, progress: Callable[[str], None] = lamb
         concepts, unmapped = _resolve(files, site, user, dry_run=batch.dry_run)
         if unmapped:
             batch.status, batch.unmapped = ImportBatch.Status.NEEDS_MAPPING, unmapped
-            return _finish(batch, progress)
+            batch = _finish(batch, progress)
+            if not batch.dry_run:
+                # The review queue orders the waiting words by the rows that wait for them.
+                site_term_frequencies_refresh(site_id=site.pk)
+            return batch
         _check_rules(files, site, concepts)
         if batch.dry_run:
             batch.status = ImportBatch.Status.CHECKED
@@ -204,11 +212,13 @@ def _resolve(files, site, user, *, dry_run: bool):
     """{(domain, word): (site term, concept)} and the words still needing a mapping (neither
     approved nor marked not mappable)."""
     words: dict[tuple[str, str], int] = defaultdict(int)
+    where: dict[tuple[str, str], list[tuple[str, str]]] = defaultdict(list)
     for (file_key, column), domain in WORDS.items():
         if file_key in files and column in files[file_key].raw.columns:
             for word, count in files[file_key].raw[column].value_counts().items():
                 if word:
                     words[(domain, word)] += int(count)
+                    where[(domain, word)].append((file_key, column))
     # Words the site already mapped resolve in two queries; only the others go one by one.
     known = {(t.domain, t.text): t for t in SiteTerm.objects.filter(
         site=site, text__in=sorted({word for _, word in words}))}
@@ -226,10 +236,28 @@ def _resolve(files, site, user, *, dry_run: bool):
         # A word a reviewer marked not mappable is stored as written, with no concept.
         if concept is None and not (term is not None and term.unmappable):
             unmapped.append({"domain": domain, "text": word, "rows": count,
+                             "samples": _word_samples(files, where[(domain, word)], word),
                              "suggestions": [s.as_dict() for s in suggest(domain, word,
                                                                           site=site, limit=3)]})
         resolved[(domain, word)] = (term, concept)
     return resolved, unmapped
+
+
+def _word_samples(files, places, word: str, limit: int = 3) -> list[dict]:
+    """The first rows of the extract that use a word (file, row as numbered in error reports,
+    the row's other cells), so a reviewer sees the word in context before any row is stored.
+    The hospital's patient number stays out: the registry keeps only its keyed hash."""
+    samples = []
+    for file_key, column in places:
+        raw = files[file_key].raw
+        shown = [c for c in raw.columns if c not in ("patient_no", column)]
+        for index in raw.index[raw[column] == word][:limit - len(samples)]:
+            cells = " · ".join(f"{c}={raw.at[index, c]}" for c in shown if raw.at[index, c])
+            samples.append({"file": files[file_key].filename, "row": int(index) + 2,
+                            "cells": cells[:160]})
+        if len(samples) >= limit:
+            break
+    return samples
 
 
 def _check_rules(files, site, concepts) -> None:

@@ -14,6 +14,7 @@ from registry.models import (
     Concept,
     ConceptSynonym,
     Domain,
+    ImportBatch,
     LabResult,
     MappingStatus,
     Site,
@@ -181,8 +182,9 @@ TERM_USES = {
 
 
 def site_term_frequencies_refresh(*, site_id: int) -> int:
-    """Recount how many stored rows use each of the site's terms (set-based, one UPDATE per
-    use). Frequencies order the mapping review queue; they are derived data, not audited."""
+    """Recount how many rows use each of the site's terms: stored rows (set-based, one UPDATE
+    per use) and the rows of its imports waiting for a mapping. Frequencies order the mapping
+    review queue; they are derived data, not audited."""
     updated = 0
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute("UPDATE registry_siteterm SET frequency = 0 WHERE site_id = %s", [site_id])
@@ -198,4 +200,19 @@ def site_term_frequencies_refresh(*, site_id: int) -> int:
                     [site_id, domain.value],
                 )
                 updated += cursor.rowcount
+        # Words of the site's imports waiting in "needs mapping" count the rows that wait
+        # for them: those words have no stored row yet, and they are the queue's work.
+        pending: dict[tuple[str, str], int] = {}
+        for unmapped in ImportBatch.objects.filter(
+                site_id=site_id, dry_run=False,
+                status=ImportBatch.Status.NEEDS_MAPPING).values_list("unmapped", flat=True):
+            for word in unmapped:
+                key = (word["domain"], word["text"])
+                pending[key] = pending.get(key, 0) + int(word["rows"])
+        if pending:
+            cursor.executemany(
+                "UPDATE registry_siteterm SET frequency = frequency + %s "
+                "WHERE site_id = %s AND domain = %s AND text = %s",
+                [(rows, site_id, domain, text) for (domain, text), rows in pending.items()])
+            updated += len(pending)
     return updated

@@ -13,7 +13,14 @@ from django.views.decorators.http import require_POST
 
 from registry import access
 from registry.errors import RegistryError
-from registry.models import Concept, Domain, MappingStatus, SiteTerm, TermMapping
+from registry.models import (
+    Concept,
+    Domain,
+    ImportBatch,
+    MappingStatus,
+    SiteTerm,
+    TermMapping,
+)
 from registry.services.mapping import (
     REVIEW_ROLES,
     USES,
@@ -27,12 +34,30 @@ from registry.services.organisation import require_site_role
 PAGE_SIZE = 25
 
 
-def _samples(term: SiteTerm, limit: int = 3) -> list[str]:
+def _samples(term: SiteTerm, waiting: dict, limit: int = 3) -> list[str]:
+    """Stored rows that use the word, else rows of the imports waiting for it."""
     out = []
     for model, term_field, _concept_field in USES[term.domain]:
         for row in model.objects.filter(**{term_field: term}).select_related("patient")[:limit]:
             out.append(f"{row.patient.registry_id} · {row}")
+    for batch_id, sample in waiting.get((term.site_id, term.domain, term.text), []):
+        out.append(_("import #%(batch)s · %(file)s row %(row)s · %(cells)s") % {
+            "batch": batch_id, "file": sample["file"], "row": sample["row"],
+            "cells": sample.get("cells", "")})
     return out[:limit]
+
+
+def _waiting_samples(site_ids: set[int]) -> dict:
+    """{(site, domain, word): [(import, sample row)]} from the sites' imports that stopped in
+    "needs mapping"."""
+    waiting: dict = {}
+    for batch_id, site_id, unmapped in ImportBatch.objects.filter(
+            site_id__in=site_ids, dry_run=False,
+            status=ImportBatch.Status.NEEDS_MAPPING).values_list("pk", "site_id", "unmapped"):
+        for word in unmapped:
+            waiting.setdefault((site_id, word["domain"], word["text"]), []).extend(
+                (batch_id, sample) for sample in word.get("samples", []))
+    return waiting
 
 
 @login_required
@@ -50,6 +75,7 @@ def review_queue(request: HttpRequest) -> HttpResponse:
         terms = terms.filter(site__code=request.GET["site"])
     page = Paginator(terms, PAGE_SIZE).get_page(request.GET.get("page"))
     rows = []
+    waiting = _waiting_samples({term.site_id for term in page})
     for term in page:
         suggestions = [{"concept_id": m.concept_id, "code": m.concept.code,
                         "vocabulary": m.concept.vocabulary.code, "name_en": m.concept.name_en,
@@ -58,7 +84,7 @@ def review_queue(request: HttpRequest) -> HttpResponse:
         if not suggestions:
             suggestions = [s.as_dict() for s in suggest(term.domain, term.text, site=term.site,
                                                         limit=3)]
-        rows.append({"term": term, "suggestions": suggestions, "samples": _samples(term)})
+        rows.append({"term": term, "suggestions": suggestions, "samples": _samples(term, waiting)})
     return render(request, "registry/mapping_queue.html", {
         "page": page, "rows": rows, "domains": Domain.choices, "domain": domain})
 

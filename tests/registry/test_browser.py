@@ -245,6 +245,8 @@ def test_monitor_takes_a_hospital_export_from_upload_to_imported(
     page.wait_for_selector("tr.term")
     pemetrexed = page.locator("tr.term", has_text=WORDS["pemetrexed"])
     assert "pemetrexed" in pemetrexed.locator("ul.suggestions li").first.inner_text()
+    # No row is stored yet: the queue shows where the word waits in the uploaded extract.
+    assert f"导入 #{batch.pk} · drugs.csv 第" in pemetrexed.inner_text()
     pemetrexed.locator("ul.suggestions li").first.get_by_role("button", name="批准").click()
     page.wait_for_selector(f"tr.term:has-text('{WORDS['docetaxel']}')")
     assert page.locator("tr.term", has_text=WORDS["pemetrexed"]).count() == 0

@@ -145,6 +145,30 @@ def test_a_word_marked_not_mappable_is_imported_as_written(tmp_path, site_a, ali
     assert (line.regimen_term, line.regimen) == (term, None)
 
 
+def test_words_waiting_in_an_import_lead_the_review_queue_with_their_rows(
+        tmp_path, client, site_a, alice, mona):
+    # Three drug rows of one unknown word, one lab row of another: the queue counts the rows
+    # that wait for each word (none is stored yet) and shows where they are in the extract.
+    drugs = DRUGS.replace("顺铂", "本院化疗药A").replace("DDP", "本院化疗药A") + \
+        "H001,1,2,8,本院化疗药A,75,mg/m2,iv,antineoplastic\n"
+    labs = LABS.replace("ANC,<0.5", "本院检验B,<0.5")
+    batch = run(site_a, write(tmp_path / "x", dict(GOOD, **{"drugs.csv": drugs,
+                                                          "labs.csv": labs})), alice)
+    assert batch.status == ImportBatch.Status.NEEDS_MAPPING
+    by_word = {w["text"]: w for w in batch.unmapped}
+    assert by_word["本院化疗药A"]["rows"] == 3
+    assert [(s["file"], s["row"]) for s in by_word["本院化疗药A"]["samples"]] == [
+        ("drugs.csv", 2), ("drugs.csv", 3), ("drugs.csv", 4)]
+    assert "H001" not in str(batch.unmapped)  # the hospital's number is never kept in clear
+    frequency = dict(SiteTerm.objects.filter(site=site_a, text__startswith="本院")
+                     .values_list("text", "frequency"))
+    assert frequency == {"本院化疗药A": 3, "本院检验B": 1}
+    client.force_login(mona)
+    page = client.get("/mapping/").text
+    assert page.index("本院化疗药A") < page.index("本院检验B")
+    assert f"#{batch.pk} · labs.csv row 3" in page
+
+
 @pytest.mark.parametrize(("change", "message"), [
     ({"patients.csv": PATIENTS.replace("sex,", "gender,")}, "unknown column 'gender'"),
     ({"cycles.csv": "patient_no,line_no,start_date\nH001,1,2024-03-15\n"},

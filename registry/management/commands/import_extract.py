@@ -8,6 +8,7 @@ from django.core.management.base import BaseCommand, CommandError
 from registry.csvsafe import spreadsheet_safe
 from registry.models import ImportBatch, Site
 from registry.services.imports import batch_create, extract_import
+from registry.services.terminology import site_term_frequencies_refresh
 
 EXIT_ERRORS = 2
 EXIT_NEEDS_MAPPING = 3
@@ -46,6 +47,8 @@ class Command(BaseCommand):
             batch = batch_create(site=site, path=opts["path"].resolve(), acting_user=user,
                                  dry_run=opts["dry_run"])
         batch = extract_import(batch, progress=self.stderr.write)
+        if batch.status == ImportBatch.Status.IMPORTED:
+            site_term_frequencies_refresh(site_id=batch.site_id)
         self.stdout.write(f"import {batch.pk}: {batch.get_status_display()}")
         for table, counts in batch.counts.items():
             self.stdout.write(f"  {table:<16} " + ", ".join(f"{k} {v:,}"
