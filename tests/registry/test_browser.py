@@ -3,6 +3,7 @@
 import shutil
 
 import pytest
+from django.db import connections
 
 from registry.models import AdverseEvent, DataQuery, LabResult, Patient, RecordStatus
 
@@ -33,6 +34,11 @@ def page(browser_settings, monkeypatch):
         context = browser.new_context(locale="en-US")
         context.set_default_timeout(15_000)
         yield context.new_page()
+        # While Playwright marks its loop running, Django keeps this thread's database
+        # connections apart from the ones it uses once the loop stops (asgiref's thread-critical
+        # Local): close the test's own connection here, or it outlives the test and the test
+        # database cannot be dropped at the end of the run.
+        connections.close_all()
         browser.close()
 
 
