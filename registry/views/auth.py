@@ -50,7 +50,7 @@ PENDING_KEY = "registry_login_pending"
 class TokenForm(forms.Form):
     token = forms.RegexField(
         label=gettext_lazy("Code from your authenticator app"),
-        regex=rf"^\s*\d{{{TOKEN_DIGITS}}}\s*$",
+        regex=rf"^\s*[0-9]{{{TOKEN_DIGITS}}}\s*$",
         max_length=TOKEN_DIGITS + 4,
         error_messages={"invalid": format_lazy(gettext_lazy("Enter the {digits}-digit code."),
                                                digits=TOKEN_DIGITS)},
