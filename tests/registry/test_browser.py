@@ -113,8 +113,8 @@ def test_clerk_and_monitor_do_their_day_in_the_browser(
     page.fill("#id_unit", "/mm3")
     page.fill("#id_value", "800")
     page.fill("#id_collected_date", "2024-03-25")
-    page.wait_for_function(
-        "document.getElementById('lab-preview').textContent.includes('0.8 10*9/L')")
+    # Waits by selector, not by a script string: the page's CSP forbids evaluating strings.
+    page.wait_for_selector("#lab-preview:has-text('0.8 10*9/L')")
     assert "Neutrophil count decreased G3" in page.locator("#lab-preview").inner_text()
     page.click("#save")
     page.wait_for_selector("h1 small")
@@ -271,8 +271,7 @@ def test_monitor_takes_a_hospital_export_from_upload_to_imported(
     house = page.locator("tr.term", has_text=WORDS["house"])
     search = house.locator("input[name=concept_code]")
     search.fill("ondansetron")
-    page.wait_for_function(
-        "[...document.querySelectorAll('datalist option')].some(o => o.value === 'ATC:A04AA01')")
+    page.wait_for_selector("datalist option[value='ATC:A04AA01']", state="attached")
     search.fill("ATC:A04AA01")
     house.get_by_role("button", name="映射", exact=True).click()
     page.wait_for_selector("tr.term:has-text('DP') >> nth=0")
