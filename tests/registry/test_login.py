@@ -374,7 +374,7 @@ def test_every_page_carries_a_policy_without_inline_script(client):
 
 INLINE_SCRIPT = re.compile(r"<script(?![^>]*\bsrc=)[^>]*>", re.IGNORECASE)
 INLINE_HANDLER = re.compile(r"<[^>]*\son[a-z]+\s*=", re.IGNORECASE)
-INLINE_STYLE = re.compile(r"<[^>]*\sstyle\s*=", re.IGNORECASE)
+INLINE_STYLE = re.compile(r"<style\b|<[^>]*\sstyle\s*=", re.IGNORECASE)
 
 
 def _inline(html: str) -> list[str]:
