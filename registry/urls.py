@@ -2,7 +2,7 @@ from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
-from registry.views import common, imports, mapping, pages, terms
+from registry.views import auth, common, imports, mapping, pages, terms
 
 KIND = "<str:kind>/<int:pk>"
 
@@ -29,8 +29,13 @@ urlpatterns = [
     path("terms/suggest", terms.suggest, name="term_suggest"),
     path("terms/grades", terms.grades, name="term_grades"),
     path("terms/lab-preview", terms.lab_preview, name="lab_preview"),
-    path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
+    path("accounts/login/", auth.RegistryLoginView.as_view(), name="login"),
+    path("accounts/login/code/", auth.login_token, name="login_token"),
+    path("accounts/login/enrol/", auth.login_enrol, name="login_enrol"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("accounts/security/", auth.security, name="security"),
+    # Every login, the admin's included, goes through the lockout and the second factor.
+    path("admin/login/", auth.admin_login, name="admin_login"),
     path("i18n/", include("django.conf.urls.i18n")),
     path("admin/", admin.site.urls),
 ]

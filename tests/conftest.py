@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import time
 from urllib.parse import urlparse
 
 import pytest
@@ -80,9 +81,28 @@ def site_b(db):
                        acting_user=None)[0]
 
 
+def persona_password(username: str) -> str:
+    """A persona's password: long and unlike the username, so the password validators pass."""
+    return f"pw-{username}-persona"
+
+
+def totp_token(device) -> str:
+    """The next code of a TOTP device that it has not accepted yet (as its app would show).
+
+    Two logins within one 30-second step would otherwise need the same code, which the device
+    refuses as reused: the code of the following step is within its tolerance.
+    """
+    from django_otp.oath import TOTP
+
+    device.refresh_from_db()
+    totp = TOTP(device.bin_key, device.step, device.t0, device.digits, device.drift)
+    totp.time = max(time.time(), (device.last_t + 1 - device.drift) * device.step + device.t0)
+    return f"{totp.token():0{device.digits}d}"
+
+
 def _person(username, role, sites=()):
     return user_add(username=username, role=role, site_codes=[s.code for s in sites],
-                    password="pw-" + username, acting_user=None)[0]
+                    password=persona_password(username), acting_user=None)[0]
 
 
 @pytest.fixture

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from django.contrib.auth.models import User
+from django.contrib.auth.password_validation import validate_password
+from django.core.exceptions import ValidationError
 from django.db import transaction
 
 from registry.access import is_registry_admin
@@ -75,7 +77,8 @@ def user_add(
     """Create the user if absent and grant `role` (at each site for site roles). Idempotent.
 
     A site role needs at least one site; a registry-wide role takes none. Unknown site codes
-    are refused before anything is written.
+    and a password the password validators refuse (AUTH_PASSWORD_VALIDATORS) are refused
+    before anything is written.
     """
     errors = ErrorCollector()
     username = (username or "").strip()
@@ -92,6 +95,14 @@ def user_add(
         errors.add("site", f"The role {role} works at a site: give at least one --site.")
     if role in Role.values and role not in SITE_ROLES and codes:
         errors.add("site", f"The role {role} is registry-wide and takes no site.")
+    if password:
+        candidate = User.objects.filter(username=username).first() or User(
+            username=username, email=email)
+        try:
+            validate_password(password, user=candidate)
+        except ValidationError as exc:
+            for message in exc.messages:
+                errors.add("password", message)
     errors.raise_if_any()
 
     with transaction.atomic():

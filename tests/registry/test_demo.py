@@ -2,6 +2,7 @@
 
 import pytest
 from django.core.management import CommandError, call_command
+from django.http import HttpRequest
 
 from registry.demo import DEMO_PASSWORD, DEMO_USERS
 from registry.models import Patient, Role
@@ -19,7 +20,7 @@ def test_demo_setup_and_landing_page(settings, client, vocabulary):
     call_command("demo_setup", "--patients", "60", "--sites", "3")  # a second run adds nothing
     assert Patient.objects.count() == 60
     assert {role for _, role, _ in DEMO_USERS} == set(Role.values)
-    assert client.login(username="clerk_a", password=DEMO_PASSWORD)
+    assert client.login(request=HttpRequest(), username="clerk_a", password=DEMO_PASSWORD)
     page = client.get("/")
     assert page.status_code == 200
     assert "Clerk" in page.text and "S001" in page.text and "S002" not in page.text
@@ -32,7 +33,7 @@ def test_demo_setup_and_landing_page(settings, client, vocabulary):
 def test_landing_page_in_chinese(settings, client, vocabulary):
     settings.DEBUG = True
     call_command("demo_setup", "--patients", "20", "--sites", "3")
-    client.login(username="monitor", password=DEMO_PASSWORD)
+    client.login(request=HttpRequest(), username="monitor", password=DEMO_PASSWORD)
     page = client.get("/", HTTP_ACCEPT_LANGUAGE="zh-hans")
     assert page.status_code == 200 and 'lang="zh-hans"' in page.text
     assert "监查员" in page.text and "退出" in page.text

@@ -11,6 +11,7 @@ from django.utils import timezone
 from registry.models import AdverseEvent, DataQuery, FollowUp, RecordStatus
 from registry.pseudonyms import hospital_number_hash
 from registry.services import clinical
+from tests.conftest import persona_password
 from tests.registry import factories
 
 pytestmark = pytest.mark.usefixtures("vocabulary")
@@ -159,8 +160,8 @@ def test_monitor_workflow_over_http(client, alice, mona, record_a):
     client.post(f"/queries/{query.pk}/close/")
     wrong = client.post(f"{base}adverseevent/{ae.pk}/verify/", {"password": "nope"})
     assert "password is not correct" in wrong.text
-    client.post(f"{base}adverseevent/{ae.pk}/verify/", {"password": "pw-mona"})
-    client.post(f"{base}adverseevent/{ae.pk}/lock/", {"password": "pw-mona"})
+    client.post(f"{base}adverseevent/{ae.pk}/verify/", {"password": persona_password("mona")})
+    client.post(f"{base}adverseevent/{ae.pk}/lock/", {"password": persona_password("mona")})
     ae.refresh_from_db()
     assert (ae.status, ae.grade) == (RecordStatus.LOCKED, 3)
     csv_export = client.get(f"{base}adverseevent/{ae.pk}/audit/", {"format": "csv"})
@@ -202,7 +203,9 @@ def test_list_chart_and_queue_query_counts_do_not_grow_with_data(as_alice, site_
     counts_big = [_queries(as_alice, u) for u in ("/patients/", f"/patients/"
                                                    f"{big.registry_id}/", "/")]
     assert counts_big == counts_small
-    assert max(counts_big) <= 25
+    # 25, plus the session saved by every request so that its idle expiry moves on (an UPDATE
+    # inside a savepoint: 3 statements).
+    assert max(counts_big) <= 28
 
 
 def test_term_suggestions_offer_cisplatin_for_ddp_and_the_chinese_name(as_alice, record_a):

@@ -63,3 +63,30 @@ def test_typed_helpers(monkeypatch):
     assert env.env_list("X_LIST") == ["a", "b", "c"]
     monkeypatch.setenv("X_BOOL", "Yes")
     assert env.env_bool("X_BOOL") is True
+
+
+def test_login_and_session_limits_come_from_the_environment():
+    script = ("from django.conf import settings as s; "
+              "print(s.SESSION_COOKIE_AGE, s.SESSION_SAVE_EVERY_REQUEST, s.SESSION_MAX_HOURS, "
+              "s.AXES_FAILURE_LIMIT, int(s.AXES_COOLOFF_TIME.total_seconds()))")
+    defaults = _manage("shell", "--no-imports", "-c", script, **PRODUCTION)
+    assert defaults.returncode == 0, defaults.stderr
+    assert defaults.stdout.split() == ["1800", "True", "12", "5", "900"]
+    custom = _manage("shell", "--no-imports", "-c", script, **PRODUCTION, SESSION_IDLE_MINUTES="10",
+                     SESSION_MAX_HOURS="8", LOGIN_FAILURE_LIMIT="3", LOGIN_COOLOFF_MINUTES="60")
+    assert custom.stdout.split() == ["600", "True", "8", "3", "3600"]
+    bad = _manage("check", **PRODUCTION, SESSION_IDLE_MINUTES="half an hour")
+    assert bad.returncode != 0 and "SESSION_IDLE_MINUTES must be an integer" in bad.stderr
+
+
+def test_production_sends_a_content_security_policy_without_inline_script():
+    script = ("from django.test import Client; "
+              "r = Client().get('/accounts/login/', secure=True, "
+              "HTTP_HOST='registry.example.org'); "
+              "print(r.status_code); print(r.headers['Content-Security-Policy'])")
+    result = _manage("shell", "--no-imports", "-c", script, **PRODUCTION)
+    assert result.returncode == 0, result.stderr
+    status, policy = result.stdout.strip().splitlines()[-2:]
+    assert status == "200"
+    assert "script-src 'self'" in policy and "unsafe-inline" not in policy
+    assert "frame-ancestors 'none'" in policy

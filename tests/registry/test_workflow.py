@@ -8,6 +8,7 @@ import pytest
 from registry.errors import NotPermitted, StaleEdit, ValidationFailed
 from registry.models import AdverseEvent, DataQuery, RecordStatus
 from registry.services import clinical, workflow
+from tests.conftest import persona_password
 from tests.registry import factories
 
 pytestmark = pytest.mark.usefixtures("vocabulary")
@@ -32,15 +33,15 @@ def test_full_workflow_with_e_signatures(ae, alice, mona):
     query = workflow.query_open(ae, field="grade", text="Grade 2 or 3? Check the notes.",
                                 acting_user=mona)
     with pytest.raises(ValidationFailed, match="open queries"):
-        workflow.record_verify(ae, acting_user=mona, password="pw-mona")
+        workflow.record_verify(ae, acting_user=mona, password=persona_password("mona"))
     ae = _edit_ae(ae, alice, grade=3, version=ae.version, reason="chart says grade 3")
     workflow.query_answer(query, answer="Corrected to grade 3 per chart.", acting_user=alice)
     workflow.query_close(query, acting_user=mona)
     with pytest.raises(NotPermitted, match="password"):
         workflow.record_verify(ae, acting_user=mona, password="wrong")
-    ae = workflow.record_verify(ae, acting_user=mona, password="pw-mona")
+    ae = workflow.record_verify(ae, acting_user=mona, password=persona_password("mona"))
     assert ae.status == RecordStatus.VERIFIED
-    ae = workflow.record_lock(ae, acting_user=mona, password="pw-mona")
+    ae = workflow.record_lock(ae, acting_user=mona, password=persona_password("mona"))
     assert ae.status == RecordStatus.LOCKED
     with pytest.raises(NotPermitted, match="locked"):
         _edit_ae(ae, alice, grade=2, version=ae.version, reason="try")
@@ -61,7 +62,7 @@ def test_full_workflow_with_e_signatures(ae, alice, mona):
 def test_clerk_cannot_verify_and_other_site_cannot_touch(ae, alice, bob):
     workflow.record_submit(ae, acting_user=alice)
     with pytest.raises(NotPermitted):
-        workflow.record_verify(ae, acting_user=alice, password="pw-alice")
+        workflow.record_verify(ae, acting_user=alice, password=persona_password("alice"))
     with pytest.raises(NotPermitted):
         workflow.record_submit(ae, acting_user=bob)
     with pytest.raises(NotPermitted):
