@@ -12,7 +12,6 @@ import pytest
 from django.core.management import call_command
 from django.db import connection
 
-from registry import extracts
 from registry.extracts import ExtractRefused, decode
 from registry.models import (
     AdverseEvent,
@@ -246,8 +245,8 @@ def test_zip_extract_traversal_and_bomb(tmp_path, site_a, alice):
     assert bomb.status == "failed" and "zip bomb" in bomb.errors[0]["message"]
 
 
-def test_oversized_file_is_refused(tmp_path, site_a, alice, monkeypatch):
-    monkeypatch.setattr(extracts, "MAX_FILE_BYTES", 100)  # stands for the 1 GiB limit
+def test_oversized_file_is_refused(tmp_path, site_a, alice, settings):
+    settings.IMPORT_MAX_FILE_BYTES = 100  # stands for the 1 GiB limit
     batch = run(site_a, write(tmp_path / "x", GOOD), alice)
     assert batch.status == "failed" and "are refused" in batch.errors[0]["message"]
 
