@@ -159,6 +159,12 @@ def upload_limit(name: str) -> int:
     return limits.total_bytes if _suffix(name) == ARCHIVE else limits.file_bytes
 
 
+def upload_max_bytes() -> int:
+    """The most bytes any upload may have (the larger of the two limits above)."""
+    limits = Limits.from_settings()
+    return max(limits.total_bytes, limits.file_bytes)
+
+
 def _suffix(name: str) -> str:
     return name.rpartition(".")[2].lower() if "." in name else ""
 

@@ -17,13 +17,15 @@ from django.views.decorators.http import require_POST
 from registry import access
 from registry.csvsafe import spreadsheet_safe
 from registry.errors import RegistryError
-from registry.extracts import upload_limit
+from registry.extracts import upload_limit, upload_max_bytes
 from registry.models import ImportBatch
 from registry.models.imports import SOURCE_NAME_MAX_LENGTH
 from registry.services.imports import IMPORT_ROLES, batch_resume, batch_upload
 from registry.tasks import extract_import_task
 
 ALLOWED = (".zip", ".csv", ".xlsx")
+# What a multipart form adds around the file (the other fields, boundaries, headers).
+FORM_OVERHEAD_BYTES = 64 * 1024
 logger = logging.getLogger(__name__)
 
 
@@ -57,6 +59,19 @@ def _queue(batch_id: int) -> None:
     transaction.on_commit(send)
 
 
+def _body_too_large(request: HttpRequest) -> str:
+    """The error for a request body larger than any upload may be, from its Content-Length."""
+    try:
+        length = int(request.META.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        return _("The request's length is not a number.")
+    limit = upload_max_bytes()
+    if length > limit + FORM_OVERHEAD_BYTES:
+        return _("The upload is %(size)s bytes; at most %(limit)s are accepted.") % {
+            "size": f"{length:,}", "limit": f"{limit:,}"}
+    return ""
+
+
 def _batches(user):
     return access.imports_visible(user, roles=IMPORT_ROLES).select_related("site",
                                                                           "uploaded_by")
@@ -65,9 +80,14 @@ def _batches(user):
 @login_required
 def import_list(request: HttpRequest) -> HttpResponse:
     sites = access.scope(access.sites_visible(request.user), request.user, roles=IMPORT_ROLES)
-    form = UploadForm(request.POST or None, request.FILES or None)
+    too_large = request.method == "POST" and _body_too_large(request)
+    if too_large:  # refused before the body is read (nothing streamed to a temporary file)
+        form = UploadForm()
+        messages.error(request, too_large)
+    else:
+        form = UploadForm(request.POST or None, request.FILES or None)
     form.fields["site"].choices = [(s.code, f"{s.code} {s.name}") for s in sites]
-    if request.method == "POST" and form.is_valid():
+    if request.method == "POST" and not too_large and form.is_valid():
         site = access.access_site_for_role(request.user, form.cleaned_data["site"], IMPORT_ROLES)
         try:
             batch = batch_upload(site=site, upload=form.cleaned_data["extract"],

@@ -317,3 +317,35 @@ def test_a_department_an_import_creates_has_its_user_and_reason(client, uploads,
     assert reasons == [("extract received", alice.pk),
                        (f"import {batch.pk}: started", alice.pk),
                        (f"import {batch.pk}: imported", alice.pk)]
+
+
+def test_an_upload_larger_than_any_limit_is_refused_before_its_body_is_read(
+        client, uploads, settings, site_a, alice):
+    settings.IMPORT_MAX_FILE_BYTES = settings.IMPORT_MAX_TOTAL_BYTES = 1000
+    client.force_login(alice)
+    response = post(client, "patients.csv", PATIENTS.encode() + b"H1,F,1960,,\n" * 20_000)
+    assert response.status_code == 200
+    assert "The upload is " in response.text and "at most 1,000 are accepted" in response.text
+    assert ImportBatch.objects.count() == 0 and stored(uploads) == []
+
+
+@pytest.mark.postgres
+def test_a_batch_another_process_runs_is_left_alone(uploads, site_a, alice):
+    import psycopg
+    from django.db import connection
+
+    from registry.errors import ValidationFailed
+    from registry.services.imports import IMPORT_LOCK, extract_import
+
+    batch = batch_upload(site=site_a, upload=SimpleUploadedFile("patients.csv",
+                                                                PATIENTS.encode()),
+                         acting_user=alice)
+    db = connection.settings_dict
+    with psycopg.connect(host=db["HOST"] or "127.0.0.1", port=db["PORT"] or 5432,
+                         user=db["USER"], dbname=db["NAME"], autocommit=True) as other:
+        other.execute("SELECT pg_advisory_lock(%s, %s)", [IMPORT_LOCK, batch.pk])
+        with pytest.raises(ValidationFailed, match=f"Import {batch.pk} is running in another"):
+            extract_import(batch)
+    batch.refresh_from_db()
+    assert batch.status == ImportBatch.Status.RECEIVED and clinical_counts() == [0] * 8
+    assert extract_import(batch).status == ImportBatch.Status.IMPORTED  # the lock is free
