@@ -130,8 +130,9 @@ class ExtractFile:
 # -- opening ------------------------------------------------------------------------------------
 
 READ_CHUNK = 1 << 20
-EXTENSIONS = ("csv", "xlsx")
+EXTENSIONS = ("csv", "xlsx")  # the files of an extract
 ARCHIVE = "zip"
+UPLOAD_SUFFIXES = (ARCHIVE, *EXTENSIONS)  # what may be uploaded
 
 
 @dataclass(frozen=True)

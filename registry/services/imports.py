@@ -34,6 +34,7 @@ from registry.biomarkers import parse_biomarkers
 from registry.errors import ValidationFailed
 from registry.extracts import (
     NATURAL_KEYS,
+    UPLOAD_SUFFIXES,
     WORDS,
     ExtractFile,
     ExtractRefused,
@@ -152,7 +153,7 @@ def batch_upload(*, site: Site, upload: UploadedFile, acting_user: User,
         raise ValidationFailed(f"The file name has {len(name)} characters; at most "
                                f"{SOURCE_NAME_MAX_LENGTH} are allowed.", field="extract")
     suffix = name.rpartition(".")[2].lower()
-    if not name or "." not in name or suffix not in ("zip", "csv", "xlsx"):
+    if not name or "." not in name or suffix not in UPLOAD_SUFFIXES:
         raise ValidationFailed("Upload a .zip, .csv or .xlsx file.", field="extract")
     if upload.size > upload_limit(name):
         raise ValidationFailed(f"{name} is {upload.size:,} bytes; at most "

@@ -17,13 +17,13 @@ from django.views.decorators.http import require_POST
 from registry import access
 from registry.csvsafe import spreadsheet_safe
 from registry.errors import RegistryError
-from registry.extracts import upload_limit, upload_max_bytes
+from registry.extracts import UPLOAD_SUFFIXES, upload_limit, upload_max_bytes
 from registry.models import ImportBatch
 from registry.models.imports import SOURCE_NAME_MAX_LENGTH
 from registry.services.imports import IMPORT_ROLES, batch_resume, batch_upload
 from registry.tasks import extract_import_task
 
-ALLOWED = (".zip", ".csv", ".xlsx")
+ALLOWED = tuple(f".{suffix}" for suffix in UPLOAD_SUFFIXES)
 # What a multipart form adds around the file (the other fields, boundaries, headers).
 FORM_OVERHEAD_BYTES = 64 * 1024
 logger = logging.getLogger(__name__)
