@@ -344,6 +344,19 @@ def _read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> bytes:
     return b"".join(chunks)
 
 
+# The characters of Chinese clinical text beyond ASCII: Latin-1 (µ, ², °, ×), Greek (β2-微球蛋白),
+# general punctuation, letterlike symbols and number forms, enclosed numerals, CJK
+# punctuation, CJK ideographs (with extension A), fullwidth forms.
+CLINICAL_TEXT_RANGES = ((0x00A0, 0x00FF), (0x0370, 0x03FF), (0x2000, 0x206F), (0x2100, 0x218F),
+                        (0x2460, 0x24FF), (0x3000, 0x303F), (0x3400, 0x4DBF), (0x4E00, 0x9FFF),
+                        (0xFF00, 0xFFEF))
+
+
+def _in_clinical_text(char: str) -> bool:
+    code = ord(char)
+    return code < 0x80 or any(low <= code <= high for low, high in CLINICAL_TEXT_RANGES)
+
+
 def decode(name: str, content: bytes) -> tuple[str, str]:
     """(text, encoding): UTF-8 with or without BOM, or GB18030; mixed encodings refused.
 
@@ -362,9 +375,12 @@ def decode(name: str, content: bytes) -> tuple[str, str]:
         pass
     # Not UTF-8 as a whole. GB18030 text can be valid UTF-8 by coincidence: a two-byte
     # character such as 药 (D2 A9) reads as a two-byte UTF-8 one (ҩ), always below U+0800,
-    # whereas Chinese written in UTF-8 is three-byte characters. So a line whose UTF-8 reading
-    # has characters from U+0800 up, or that is not GB18030 at all, is a UTF-8 line: one is
-    # enough to refuse the file (GB18030 would store it as mojibake).
+    # whereas Chinese written in UTF-8 is three-byte characters; and the rarer coincidences
+    # that do reach U+0800 read as characters no clinical text has (Hangul, private use, CJK
+    # extension B: 稹啊 is F0 A1 B0 A1, U+21C21). So a line whose UTF-8 reading has characters
+    # from U+0800 up, all of them ones Chinese clinical text uses, or that is not GB18030 at
+    # all, is a UTF-8 line: one is enough to refuse the file (GB18030 would store it as
+    # mojibake).
     utf8_lines, other_lines = [], 0
     for number, line in enumerate(content.splitlines(), start=1):
         if all(b < 128 for b in line):
@@ -379,7 +395,8 @@ def decode(name: str, content: bytes) -> tuple[str, str]:
             gb18030 = True
         except UnicodeDecodeError:
             gb18030 = False
-        if not gb18030 or any(ord(char) >= 0x800 for char in text):
+        if not gb18030 or (any(ord(char) >= 0x800 for char in text)
+                           and all(_in_clinical_text(char) for char in text)):
             utf8_lines.append(number)
         else:
             other_lines += 1

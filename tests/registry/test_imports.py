@@ -227,6 +227,12 @@ def test_gb18030_that_happens_to_be_valid_utf8_is_not_called_mixed():
     mixed = content + ("H3,1,紫杉醇\n" * 10).encode()
     with pytest.raises(ExtractRefused, match="mixed encodings"):
         decode("regimens.csv", mixed)
+    # 稹啊 in GB18030 is F0 A1 B0 A1, also UTF-8 for U+21C21 (CJK extension B): no clinical
+    # text has it, so the line is not taken for UTF-8.
+    rare = ("patient_no,line_no,regimen\n" + "H1,1,顺铂\n" * 12 + "H2,1,稹啊\n").encode("gb18030")
+    assert decode("regimens.csv", rare) == (rare.decode("gb18030"), "gb18030")
+    with pytest.raises(ExtractRefused, match="1 line.s. are UTF-8: line 15"):
+        decode("regimens.csv", rare + "H3,1,β2-微球蛋白 ×2\n".encode())
 
 
 def _zip(path: Path, members: dict) -> Path:
