@@ -321,10 +321,27 @@ def _read(batch: ImportBatch) -> dict[str, ExtractFile]:
     return {key: read_file(key, name, content) for key, (name, content) in members.items()}
 
 
+# A stored file no batch names (its web process died between storing and recording it) is
+# deleted once this old: a file being uploaded right now is not named by a batch yet either.
+ORPHAN_UPLOAD_AGE = timedelta(days=1)
+
+
 def import_uploads_purge() -> int:
-    """Delete the uploads of ended batches kept past their site's keep_uploads_days; returns
-    how many. (Uploads of sites that keep none are deleted when the batch ends.)"""
+    """Delete the uploads of ended batches kept past their site's keep_uploads_days, and stored
+    files no batch names; returns how many. (Uploads of sites that keep none are deleted when
+    the batch ends.)"""
     now, purged = timezone.now(), 0
+    storage = ImportBatch._meta.get_field("upload").storage
+    try:
+        names = storage.listdir("")[1]
+    except FileNotFoundError:  # nothing was ever uploaded
+        names = []
+    named = set(ImportBatch.objects.exclude(upload="").values_list("upload", flat=True))
+    for name in names:
+        if name not in named and storage.get_modified_time(name) < now - ORPHAN_UPLOAD_AGE:
+            storage.delete(name)
+            logger.info("deleted %s, an upload no import batch names", name)
+            purged += 1
     kept = ImportBatch.objects.filter(status__in=ENDED).exclude(upload="").select_related(
         "site", "uploaded_by")
     for batch in kept:

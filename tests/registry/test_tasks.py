@@ -217,3 +217,34 @@ def test_a_whole_worker_killed_mid_import_leaves_a_batch_the_sweep_runs_again(
     assert import_stale_requeue_task.delay().get(timeout=90) == [batch.pk]
     batch = _imported(batch)
     assert batch.restarts == 1
+
+
+def test_beat_schedules_the_upload_purge_and_the_stale_sweep(settings):
+    schedule = {entry["task"] for entry in settings.CELERY_BEAT_SCHEDULE.values()}
+    assert {"registry.import_uploads_purge", "registry.import_stale_requeue"} <= schedule
+    assert schedule <= set(app.tasks)
+
+
+@pytest.mark.redis
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_the_purge_task_deletes_an_expired_upload_on_a_worker(
+        vocabulary, site_a, alice, redis_worker, settings, tmp_path):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from registry.tasks import import_uploads_purge_task
+
+    settings.IMPORT_UPLOAD_DIR = tmp_path
+    site_a.keep_uploads_days = 1
+    site_a.save()
+    batch = _upload(site_a, alice)
+    assert extract_import_task.delay(batch.pk).get(timeout=60) == "imported"
+    batch.refresh_from_db()
+    assert batch.upload.name and len(list(tmp_path.iterdir())) == 1  # kept for a day
+    ImportBatch.objects.filter(pk=batch.pk).update(
+        finished_at=timezone.now() - timedelta(days=1, seconds=1))
+    assert import_uploads_purge_task.delay().get(timeout=60) == 1
+    batch.refresh_from_db()
+    assert batch.upload.name == "" and list(tmp_path.iterdir()) == []

@@ -349,3 +349,22 @@ def test_a_batch_another_process_runs_is_left_alone(uploads, site_a, alice):
     batch.refresh_from_db()
     assert batch.status == ImportBatch.Status.RECEIVED and clinical_counts() == [0] * 8
     assert extract_import(batch).status == ImportBatch.Status.IMPORTED  # the lock is free
+
+
+def test_a_stored_file_no_batch_names_is_purged_once_a_day_old(uploads, site_a, alice):
+    import os
+
+    from django.core.files.base import ContentFile
+    from django.core.files.storage import storages
+
+    storage = storages["imports"]
+    orphan = storage.save("0123.zip", ContentFile(b"x"))  # its web process died
+    fresh = storage.save("4567.zip", ContentFile(b"x"))  # being uploaded now
+    waiting = batch_upload(site=site_a, upload=SimpleUploadedFile("patients.csv",
+                                                                  PATIENTS.encode()),
+                           acting_user=alice)
+    day_old = (timezone.now() - timedelta(days=1, minutes=1)).timestamp()
+    for name in (orphan, waiting.upload.name):
+        os.utime(storage.path(name), (day_old, day_old))
+    assert import_uploads_purge() == 1
+    assert stored(uploads) == sorted([fresh, waiting.upload.name])
