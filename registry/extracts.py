@@ -414,6 +414,7 @@ def decode(name: str, content: bytes) -> tuple[str, str]:
 def read_file(key: str, filename: str, content: bytes) -> ExtractFile:
     digest = hashlib.sha256(content).hexdigest()
     if filename.lower().endswith(".xlsx"):
+        _check_workbook(filename, content)
         try:
             frame = pd.read_excel(io.BytesIO(content), dtype=object, sheet_name=0)
         except Exception as exc:  # the workbook's own error says what is wrong
@@ -431,6 +432,20 @@ def read_file(key: str, filename: str, content: bytes) -> ExtractFile:
     frame = frame.fillna("").astype(str).apply(lambda col: col.str.strip())
     return ExtractFile(name=key, filename=filename, sha256=digest, size=len(content),
                        encoding=encoding, raw=frame)
+
+
+def _check_workbook(filename: str, content: bytes) -> None:
+    """A workbook is a zip of XML parts: what they expand to is held to the file limit, from
+    its directory, before the workbook is opened."""
+    limit = Limits.from_settings().file_bytes
+    try:
+        with zipfile.ZipFile(io.BytesIO(content)) as workbook:
+            expanded = sum(info.file_size for info in workbook.infolist())
+    except (zipfile.BadZipFile, ValueError):
+        raise ExtractRefused(f"{filename}: not a readable Excel workbook.") from None
+    if expanded > limit:
+        raise ExtractRefused(f"{filename} unpacks to {expanded:,} bytes; files over {limit:,} "
+                             "bytes are refused.")
 
 
 def _excel_cell(value):

@@ -368,3 +368,18 @@ def test_a_stored_file_no_batch_names_is_purged_once_a_day_old(uploads, site_a, 
         os.utime(storage.path(name), (day_old, day_old))
     assert import_uploads_purge() == 1
     assert stored(uploads) == sorted([fresh, waiting.upload.name])
+
+
+def test_a_workbook_that_expands_beyond_the_file_limit_is_refused_unopened(tmp_path, settings):
+    import pandas as pd
+
+    from registry.extracts import read_file
+
+    path = tmp_path / "patients.xlsx"
+    pd.DataFrame({"patient_no": ["H001"] * 2000, "sex": ["F"] * 2000}).to_excel(path,
+                                                                               index=False)
+    content = path.read_bytes()
+    assert len(read_file("patients", "patients.xlsx", content).raw) == 2000
+    settings.IMPORT_MAX_FILE_BYTES = len(content) * 2  # the workbook fits, its XML does not
+    with pytest.raises(ExtractRefused, match="patients.xlsx unpacks to .* bytes; files over"):
+        read_file("patients", "patients.xlsx", content)
