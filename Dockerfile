@@ -39,9 +39,11 @@ RUN SECRET_KEY=build-only-not-a-secret-collectstatic-0123456789abcdefghijkl \
     DEBUG=false \
     python manage.py collectstatic --noinput
 
-# Celery beat keeps its schedule here (a named volume in docker-compose.yml); the directory
-# is created owned by the app user so a fresh volume is writable by it.
-RUN mkdir -p /var/lib/registry/beat && chown registry:registry /var/lib/registry/beat
+# Celery beat keeps its schedule, web and worker the uploaded extracts, here (named volumes in
+# docker-compose.yml); the directories are created owned by the app user so a fresh volume is
+# writable by it.
+RUN mkdir -p /var/lib/registry/beat /var/lib/registry/imports \
+    && chown registry:registry /var/lib/registry/beat /var/lib/registry/imports
 
 USER registry
 

@@ -1,6 +1,7 @@
 """Reading and checking a site extract (docs/extract-format.md).
 
-An extract is opened safely (folder or zip: no path traversal, no zip bomb, size limits),
+An extract is opened safely (a folder, a zip, or one .csv/.xlsx file: no path traversal, no zip
+bomb, size limits from settings checked before anything is expanded and again while reading),
 each file is decoded (UTF-8, UTF-8 with BOM or GB18030, detected), read as text cells, and
 every cell checked. Problems are collected as (file, row, column, value, message) and reported
 all at once; parsing is vectorised with pandas.
@@ -11,15 +12,14 @@ from __future__ import annotations
 import hashlib
 import io
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import BinaryIO
 
 import numpy as np
 import pandas as pd
-
-MAX_FILE_BYTES = 1 << 30  # 1 GiB per file
-MAX_TOTAL_BYTES = 4 << 30
-MAX_ZIP_RATIO = 200  # uncompressed / compressed, beyond which a member is a zip bomb
+from django.conf import settings
 
 NUMBER = r"[-+]?\d+(?:\.\d+)?"
 
@@ -129,104 +129,281 @@ class ExtractFile:
 
 # -- opening ------------------------------------------------------------------------------------
 
-def open_extract(path: Path) -> dict[str, tuple[str, bytes]]:
-    """{file stem: (file name, bytes)} from a folder or a .zip, refusing unsafe archives."""
-    path = Path(path)
-    members: dict[str, tuple[str, bytes]] = {}
-    if path.is_dir():
-        for child in sorted(path.iterdir()):
-            if child.is_file() and not child.name.startswith("."):
-                if child.stat().st_size > MAX_FILE_BYTES:
-                    raise ExtractRefused(f"{child.name} is {child.stat().st_size:,} bytes; files "
-                                         f"over {MAX_FILE_BYTES:,} bytes are refused.")
-                members[child.name] = child.read_bytes()
-    elif path.suffix.lower() == ".zip":
-        members = _open_zip(path)
-    elif path.suffix.lower() in (".csv", ".xlsx"):
-        members[path.name] = path.read_bytes()
+READ_CHUNK = 1 << 20
+EXTENSIONS = ("csv", "xlsx")  # the files of an extract
+ARCHIVE = "zip"
+UPLOAD_SUFFIXES = (ARCHIVE, *EXTENSIONS)  # what may be uploaded
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The extract limits of settings (IMPORT_MAX_*), read when an extract is opened."""
+
+    file_bytes: int
+    total_bytes: int
+    members: int
+    ratio: int
+    ratio_from_bytes: int
+
+    @classmethod
+    def from_settings(cls) -> Limits:
+        return cls(file_bytes=settings.IMPORT_MAX_FILE_BYTES,
+                   total_bytes=settings.IMPORT_MAX_TOTAL_BYTES,
+                   members=settings.IMPORT_MAX_MEMBERS, ratio=settings.IMPORT_MAX_ZIP_RATIO,
+                   ratio_from_bytes=settings.IMPORT_ZIP_RATIO_FROM_BYTES)
+
+
+def upload_limit(name: str) -> int:
+    """The most bytes an upload of this name may have: a zip its total, one file the file
+    limit (a zip cannot usefully be larger than what it expands to)."""
+    limits = Limits.from_settings()
+    return limits.total_bytes if _suffix(name) == ARCHIVE else limits.file_bytes
+
+
+def upload_max_bytes() -> int:
+    """The most bytes any upload may have (the larger of the two limits above)."""
+    limits = Limits.from_settings()
+    return max(limits.total_bytes, limits.file_bytes)
+
+
+def _suffix(name: str) -> str:
+    return name.rpartition(".")[2].lower() if "." in name else ""
+
+
+def _too_big(name: str, size: int, limit: int) -> ExtractRefused:
+    return ExtractRefused(f"{name} is {size:,} bytes; files over {limit:,} bytes are refused.")
+
+
+def open_extract(source: Path | BinaryIO, *, name: str | None = None
+                 ) -> dict[str, tuple[str, bytes]]:
+    """{file stem: (file name, bytes)} of a folder, a .zip or one .csv/.xlsx file, refusing
+    unsafe archives. `source` is a path or an open binary file (an upload in storage), whose
+    own name is then given as `name`: the kind of extract and a single file's table are told
+    by it."""
+    limits = Limits.from_settings()
+    if isinstance(source, Path | str) and Path(source).is_dir():
+        members = _open_folder(Path(source), limits)
     else:
-        raise ExtractRefused(f"{path.name}: give a folder, a .zip, or a .csv/.xlsx file.")
-    out = {}
-    for name, content in members.items():
-        stem, dot, suffix = name.rpartition(".")
-        if not dot or suffix.lower() not in ("csv", "xlsx"):
-            raise ExtractRefused(f"{name}: only .csv and .xlsx files belong in an extract.")
-        key = stem.strip().lower()
-        if key not in FILES:
-            raise ExtractRefused(f"{name}: unknown file; expected {', '.join(FILES)}.")
+        name = name or Path(source).name
+        if _suffix(name) == ARCHIVE:
+            members = _with_handle(source, lambda handle: _open_zip(handle, name, limits))
+        elif _suffix(name) in EXTENSIONS:
+            members = [(name, _with_handle(source, lambda handle: _read_single(handle, name,
+                                                                               limits)))]
+        else:
+            raise ExtractRefused(f"{name}: give a folder, a .zip, or a .csv/.xlsx file.")
+    out: dict[str, tuple[str, bytes]] = {}
+    for member, content in members:
+        key = _table_of(member)
         if key in out:
-            raise ExtractRefused(f"{name}: {key} appears twice in the extract.")
+            raise ExtractRefused(f"{out[key][0]} and {member} are both {key}; an extract holds "
+                                 "each file once. Remove one and upload again.")
         if not content.strip():
-            raise ExtractRefused(f"{name} is empty.")
-        out[key] = (name, content)
+            raise ExtractRefused(f"{member} is empty.")
+        out[key] = (member, content)
     if not out:
         raise ExtractRefused("The extract holds no files.")
     return out
 
 
-def _open_zip(path: Path) -> dict[str, bytes]:
-    try:
-        archive = zipfile.ZipFile(path)
-    except zipfile.BadZipFile:
-        raise ExtractRefused(f"{path.name} is not a readable zip file.") from None
-    members, total = {}, 0
-    with archive:
-        for info in archive.infolist():
-            if info.is_dir():
-                continue
-            name = info.filename
-            parts = PurePosixPath(name.replace("\\", "/")).parts
-            if name.startswith(("/", "\\")) or ".." in parts or ":" in name:
-                raise ExtractRefused(f"{path.name}: unsafe name {name!r} inside the zip "
-                                     "(path traversal); the extract is refused.")
-            if info.file_size > MAX_FILE_BYTES:
-                raise ExtractRefused(f"{name} unpacks to {info.file_size:,} bytes; files over "
-                                     f"{MAX_FILE_BYTES:,} bytes are refused.")
-            if info.compress_size and info.file_size / info.compress_size > MAX_ZIP_RATIO \
-                    and info.file_size > 10 << 20:
-                raise ExtractRefused(f"{name} expands {info.file_size // info.compress_size}x: "
-                                     "refused as a zip bomb.")
-            total += info.file_size
-            if total > MAX_TOTAL_BYTES:
-                raise ExtractRefused(f"{path.name} unpacks to more than {MAX_TOTAL_BYTES:,} "
+def extract_inspect(source: Path | BinaryIO, *, name: str) -> None:
+    """Refuse (ExtractRefused) an extract that breaks a limit or holds an unsafe or unknown
+    name, judged from its size and a zip's central directory only: nothing is expanded."""
+    limits = Limits.from_settings()
+    if _suffix(name) == ARCHIVE:
+        _with_handle(source, lambda handle: _zip_directory(handle, name, limits))
+    elif _suffix(name) in EXTENSIONS:
+        _table_of(name)
+        size = _with_handle(source, lambda handle: handle.seek(0, io.SEEK_END))
+        if size > limits.file_bytes:
+            raise _too_big(name, size, limits.file_bytes)
+    else:
+        raise ExtractRefused(f"{name}: give a .zip, or a .csv/.xlsx file.")
+
+
+def _with_handle(source, use):
+    if isinstance(source, Path | str):
+        with open(source, "rb") as handle:
+            return use(handle)
+    source.seek(0)
+    return use(source)
+
+
+def _table_of(name: str) -> str:
+    """The table a file holds, from its name (any folder part dropped)."""
+    base = PurePosixPath(name.replace("\\", "/")).name
+    stem, dot, suffix = base.rpartition(".")
+    if not dot or suffix.lower() not in EXTENSIONS:
+        raise ExtractRefused(f"{name}: only .csv and .xlsx files belong in an extract.")
+    key = stem.strip().lower()
+    if key not in FILES:
+        raise ExtractRefused(f"{name}: unknown file; expected {', '.join(FILES)}.")
+    return key
+
+
+def _open_folder(path: Path, limits: Limits) -> list[tuple[str, bytes]]:
+    members, total = [], 0
+    for child in sorted(path.iterdir()):
+        if child.is_file() and not child.name.startswith("."):
+            size = child.stat().st_size
+            if size > limits.file_bytes:
+                raise _too_big(child.name, size, limits.file_bytes)
+            total += size
+            if total > limits.total_bytes:
+                raise ExtractRefused(f"{path.name} holds more than {limits.total_bytes:,} "
                                      "bytes; refused.")
-            with archive.open(info) as handle:
-                content = handle.read(MAX_FILE_BYTES + 1)
-            if len(content) > MAX_FILE_BYTES:
-                raise ExtractRefused(f"{name} is larger than its zip entry claims; refused.")
-            members[PurePosixPath(name).name] = content
+            members.append((child.name, child.read_bytes()))
     return members
 
 
+def _read_single(handle: BinaryIO, name: str, limits: Limits) -> bytes:
+    content = handle.read(limits.file_bytes + 1)
+    if len(content) > limits.file_bytes:
+        raise ExtractRefused(f"{name} is larger than {limits.file_bytes:,} bytes; files over "
+                             f"{limits.file_bytes:,} bytes are refused.")
+    return content
+
+
+def _skipped(name: str) -> bool:
+    """Entries an archiver adds beside the files (macOS resource forks, hidden files)."""
+    parts = PurePosixPath(name.replace("\\", "/")).parts
+    return bool(parts) and (parts[0] == "__MACOSX" or parts[-1].startswith("."))
+
+
+def _zip_directory(handle: BinaryIO, name: str, limits: Limits) -> list[zipfile.ZipInfo]:
+    """The zip's file entries, every limit checked from its central directory."""
+    try:
+        archive = zipfile.ZipFile(handle)
+    except (zipfile.BadZipFile, OSError, ValueError):
+        raise ExtractRefused(f"{name} is not a readable zip file.") from None
+    entries = archive.infolist()
+    if len(entries) > limits.members:
+        raise ExtractRefused(f"{name} holds {len(entries):,} entries; an extract has at most "
+                             f"{limits.members}.")
+    files, total, seen = [], 0, {}
+    for info in entries:
+        member = info.filename
+        parts = PurePosixPath(member.replace("\\", "/")).parts
+        if member.startswith(("/", "\\")) or ".." in parts or ":" in member:
+            raise ExtractRefused(f"{name}: unsafe name {member!r} inside the zip "
+                                 "(path traversal); the extract is refused.")
+        if info.is_dir() or _skipped(member):
+            continue
+        if info.flag_bits & 0x1:
+            raise ExtractRefused(f"{member} is encrypted; upload the zip without a password.")
+        key = _table_of(member)
+        if key in seen:
+            raise ExtractRefused(f"{seen[key]} and {member} are both {key}; an extract holds "
+                                 "each file once. Remove one and upload again.")
+        seen[key] = member
+        if info.file_size > limits.file_bytes:
+            raise ExtractRefused(f"{member} unpacks to {info.file_size:,} bytes; files over "
+                                 f"{limits.file_bytes:,} bytes are refused.")
+        if info.file_size >= limits.ratio_from_bytes and (
+                info.file_size > limits.ratio * max(info.compress_size, 1)):
+            raise ExtractRefused(f"{member} expands {info.file_size // max(info.compress_size, 1)}"
+                                 f"x (at most {limits.ratio}x): refused as a zip bomb.")
+        total += info.file_size
+        if total > limits.total_bytes:
+            raise ExtractRefused(f"{name} unpacks to more than {limits.total_bytes:,} bytes; "
+                                 "refused.")
+        files.append(info)
+    return files
+
+
+def _open_zip(handle: BinaryIO, name: str, limits: Limits) -> list[tuple[str, bytes]]:
+    infos = _zip_directory(handle, name, limits)
+    archive = zipfile.ZipFile(handle)
+    members = []
+    for info in infos:
+        members.append((PurePosixPath(info.filename.replace("\\", "/")).name,
+                        _read_member(archive, info)))
+    return members
+
+
+def _read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> bytes:
+    """A member's bytes, read in chunks and cut off past the size its entry claims."""
+    chunks, size = [], 0
+    try:
+        with archive.open(info) as member:
+            while chunk := member.read(READ_CHUNK):
+                size += len(chunk)
+                if size > info.file_size:
+                    raise ExtractRefused(f"{info.filename} expands beyond the {info.file_size:,} "
+                                         "bytes its zip entry claims; refused.")
+                chunks.append(chunk)
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as exc:
+        raise ExtractRefused(f"{info.filename} is damaged inside the zip ({exc}); "
+                             "make the zip again.") from None
+    except (NotImplementedError, RuntimeError) as exc:  # compression method, encryption
+        raise ExtractRefused(f"{info.filename} cannot be read ({exc}); make the zip again "
+                             "with ordinary (deflate) compression.") from None
+    if size != info.file_size:
+        raise ExtractRefused(f"{info.filename} is shorter than its zip entry claims; "
+                             "make the zip again.")
+    return b"".join(chunks)
+
+
+# The characters of Chinese clinical text beyond ASCII: Latin-1 (µ, ², °, ×), Greek (β2-微球蛋白),
+# general punctuation, letterlike symbols and number forms, enclosed numerals, CJK
+# punctuation, CJK ideographs (with extension A), fullwidth forms.
+CLINICAL_TEXT_RANGES = ((0x00A0, 0x00FF), (0x0370, 0x03FF), (0x2000, 0x206F), (0x2100, 0x218F),
+                        (0x2460, 0x24FF), (0x3000, 0x303F), (0x3400, 0x4DBF), (0x4E00, 0x9FFF),
+                        (0xFF00, 0xFFEF))
+
+
+def _in_clinical_text(char: str) -> bool:
+    code = ord(char)
+    return code < 0x80 or any(low <= code <= high for low, high in CLINICAL_TEXT_RANGES)
+
+
 def decode(name: str, content: bytes) -> tuple[str, str]:
-    """(text, encoding): UTF-8 with or without BOM, or GB18030; mixed encodings refused."""
+    """(text, encoding): UTF-8 with or without BOM, or GB18030; mixed encodings refused.
+
+    The whole file is judged, line by line: a file that is not UTF-8 throughout is GB18030 only
+    if none of its lines reads as Chinese written in UTF-8."""
     if content.startswith(b"\xef\xbb\xbf"):
-        return content[3:].decode("utf-8", errors="strict"), "utf-8-sig"
+        try:
+            return content[3:].decode("utf-8"), "utf-8-sig"
+        except UnicodeDecodeError as exc:
+            line = content[:exc.start + 3].count(b"\n") + 1
+            raise ExtractRefused(f"{name}: marked UTF-8 but line {line} is not UTF-8 "
+                                 "(mixed encodings); save the file in one encoding.") from None
     try:
         return content.decode("utf-8"), "utf-8"
     except UnicodeDecodeError:
         pass
-    # Not UTF-8 as a whole. If a real share of its non-ASCII lines are UTF-8 (or a UTF-8 line
-    # is not GB18030 at all), two encodings were mixed. GB18030 text can be valid UTF-8 by
-    # coincidence: a two-byte character such as 药 (D2 A9) reads as a two-byte UTF-8 one (ҩ),
-    # always below U+0800, whereas Chinese written in UTF-8 is three-byte characters. So only
-    # a line whose UTF-8 reading has characters from U+0800 up counts as UTF-8.
-    lines = [line for line in content.splitlines() if any(b > 127 for b in line)]
-    utf8_lines, utf8_only = 0, False
-    for line in lines:
+    # Not UTF-8 as a whole. GB18030 text can be valid UTF-8 by coincidence: a two-byte
+    # character such as 药 (D2 A9) reads as a two-byte UTF-8 one (ҩ), always below U+0800,
+    # whereas Chinese written in UTF-8 is three-byte characters; and the rarer coincidences
+    # that do reach U+0800 read as characters no clinical text has (Hangul, private use, CJK
+    # extension B: 稹啊 is F0 A1 B0 A1, U+21C21). So a line whose UTF-8 reading has characters
+    # from U+0800 up, all of them ones Chinese clinical text uses, or that is not GB18030 at
+    # all, is a UTF-8 line: one is enough to refuse the file (GB18030 would store it as
+    # mojibake).
+    utf8_lines, other_lines = [], 0
+    for number, line in enumerate(content.splitlines(), start=1):
+        if all(b < 128 for b in line):
+            continue
         try:
             text = line.decode("utf-8")
         except UnicodeDecodeError:
+            other_lines += 1
             continue
         try:
             line.decode("gb18030")
+            gb18030 = True
         except UnicodeDecodeError:
-            utf8_only = True
-        if any(ord(char) >= 0x800 for char in text):
-            utf8_lines += 1
-    if utf8_only or (utf8_lines and utf8_lines >= 0.1 * len(lines)):
-        raise ExtractRefused(f"{name}: mixed encodings ({utf8_lines} line(s) are UTF-8, "
-                             f"{len(lines) - utf8_lines} are not); save the file in one "
+            gb18030 = False
+        if not gb18030 or (any(ord(char) >= 0x800 for char in text)
+                           and all(_in_clinical_text(char) for char in text)):
+            utf8_lines.append(number)
+        else:
+            other_lines += 1
+    if utf8_lines:
+        shown = ", ".join(map(str, utf8_lines[:10])) + (" ..." if len(utf8_lines) > 10 else "")
+        raise ExtractRefused(f"{name}: mixed encodings ({len(utf8_lines)} line(s) are UTF-8: "
+                             f"line {shown}; {other_lines} are not); save the file in one "
                              "encoding.")
     try:
         return content.decode("gb18030"), "gb18030"
@@ -237,6 +414,7 @@ def decode(name: str, content: bytes) -> tuple[str, str]:
 def read_file(key: str, filename: str, content: bytes) -> ExtractFile:
     digest = hashlib.sha256(content).hexdigest()
     if filename.lower().endswith(".xlsx"):
+        _check_workbook(filename, content)
         try:
             frame = pd.read_excel(io.BytesIO(content), dtype=object, sheet_name=0)
         except Exception as exc:  # the workbook's own error says what is wrong
@@ -254,6 +432,20 @@ def read_file(key: str, filename: str, content: bytes) -> ExtractFile:
     frame = frame.fillna("").astype(str).apply(lambda col: col.str.strip())
     return ExtractFile(name=key, filename=filename, sha256=digest, size=len(content),
                        encoding=encoding, raw=frame)
+
+
+def _check_workbook(filename: str, content: bytes) -> None:
+    """A workbook is a zip of XML parts: what they expand to is held to the file limit, from
+    its directory, before the workbook is opened."""
+    limit = Limits.from_settings().file_bytes
+    try:
+        with zipfile.ZipFile(io.BytesIO(content)) as workbook:
+            expanded = sum(info.file_size for info in workbook.infolist())
+    except (zipfile.BadZipFile, ValueError):
+        raise ExtractRefused(f"{filename}: not a readable Excel workbook.") from None
+    if expanded > limit:
+        raise ExtractRefused(f"{filename} unpacks to {expanded:,} bytes; files over {limit:,} "
+                             "bytes are refused.")
 
 
 def _excel_cell(value):

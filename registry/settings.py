@@ -159,6 +159,9 @@ STATIC_ROOT = BASE_DIR / "staticfiles"
 STATICFILES_DIRS = [BASE_DIR / "static"]
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    # Uploaded site extracts (registry/storage.py): web writes them, the worker reads them, so
+    # both mount one volume at IMPORT_UPLOAD_DIR (docker-compose.yml).
+    "imports": {"BACKEND": "registry.storage.ImportUploadStorage"},
     "staticfiles": {
         "BACKEND": (
             "django.contrib.staticfiles.storage.StaticFilesStorage"
@@ -168,10 +171,32 @@ STORAGES = {
     },
 }
 
-# Uploaded site extracts are kept here until their import finishes (resume needs them).
+# Uploaded site extracts (the "imports" storage) live here until their import ends (a batch
+# in "needs mapping" keeps its file for the resume), then are deleted, or kept for the days
+# the site asks for (Site.keep_uploads_days) and purged by import_uploads_purge_task.
 IMPORT_UPLOAD_DIR = Path(env_str("IMPORT_UPLOAD_DIR", str(BASE_DIR / "var" / "imports")))
 DATA_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
-FILE_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
+# An upload larger than this is streamed to a temporary file, never held in memory.
+FILE_UPLOAD_MAX_MEMORY_SIZE = env_int("FILE_UPLOAD_MAX_MEMORY_SIZE", 2 * 1024 * 1024)
+
+# Extract limits (registry/extracts.py), checked from a zip's central directory before anything
+# is expanded and enforced again while each member is read.
+IMPORT_MAX_FILE_BYTES = env_int("IMPORT_MAX_FILE_BYTES", 1 << 30)  # one file, as expanded
+IMPORT_MAX_TOTAL_BYTES = env_int("IMPORT_MAX_TOTAL_BYTES", 4 << 30)  # all files, as expanded
+IMPORT_MAX_MEMBERS = env_int("IMPORT_MAX_MEMBERS", 32)  # entries in a zip (8 files are known)
+# Expanded / compressed size of a zip member beyond which it is refused as a zip bomb; members
+# that expand to less than IMPORT_ZIP_RATIO_FROM_BYTES are not judged by their ratio (a tiny
+# file compresses well and can hurt nothing: the member count bounds their sum).
+IMPORT_MAX_ZIP_RATIO = env_int("IMPORT_MAX_ZIP_RATIO", 100)
+IMPORT_ZIP_RATIO_FROM_BYTES = env_int("IMPORT_ZIP_RATIO_FROM_BYTES", 64 * 1024)
+# A batch left "running" by a worker that died is run again (by a redelivery or by
+# import_stale_requeue_task); after this many such restarts it is failed instead.
+IMPORT_MAX_RESTARTS = env_int("IMPORT_MAX_RESTARTS", 2)
+# A batch still "received" after this long (its queued task lost) is queued again.
+IMPORT_REQUEUE_AFTER_SECONDS = env_int("IMPORT_REQUEUE_AFTER_SECONDS", 600)
+# Tests only (the killed-worker test): inside its write transaction the import writes its
+# process id to this file and waits, unless the file exists already. Empty in deployments.
+IMPORT_TEST_PAUSE_FILE = env_str("IMPORT_TEST_PAUSE_FILE", "")
 
 # Celery: with no broker configured, tasks run eagerly in-process (the embedded default).
 CELERY_BROKER_URL = env_str("CELERY_BROKER_URL") or env_str("REDIS_URL")
@@ -184,7 +209,10 @@ CELERY_TASK_SERIALIZER = "json"
 CELERY_RESULT_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TIMEZONE = TIME_ZONE
-CELERY_BEAT_SCHEDULE: dict = {}
+CELERY_BEAT_SCHEDULE: dict = {
+    "import-uploads-purge": {"task": "registry.import_uploads_purge", "schedule": 3600.0},
+    "import-stale-requeue": {"task": "registry.import_stale_requeue", "schedule": 300.0},
+}
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [

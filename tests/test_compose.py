@@ -342,3 +342,30 @@ def test_dockerfile_builds_a_non_root_image_without_baked_secrets():
         if keyword in ("ENV", "ARG"):
             for name in SECRETS:
                 assert name not in arguments, f"{keyword} {name} would persist in the image"
+
+
+UPLOADS = "/var/lib/registry/imports"
+
+
+def test_web_and_worker_share_the_upload_volume_at_the_upload_dir():
+    # Web stores an uploaded extract, the worker imports it: one named volume, one path.
+    environment = SERVICES["web"]["environment"]
+    assert environment["IMPORT_UPLOAD_DIR"] == UPLOADS
+    mounts = {name: dict((volume, target) for volume, target in _named_volumes(SERVICES[name]))
+              for name in ("web", "worker")}
+    assert mounts["web"].get("import-uploads") == UPLOADS, mounts["web"]
+    assert mounts["worker"].get("import-uploads") == UPLOADS, mounts["worker"]
+    assert "import-uploads" in (COMPOSE.get("volumes") or {})
+    # Created owned by the app user in the image, so a fresh volume is writable by it.
+    dockerfile = DOCKERFILE_PATH.read_text(encoding="utf-8")
+    assert re.search(rf"mkdir -p [^\n]*{re.escape(UPLOADS)}", dockerfile)
+    assert re.search(rf"chown registry:registry [^\n]*{re.escape(UPLOADS)}", dockerfile)
+
+
+def test_the_upload_storage_is_the_upload_dir(settings, tmp_path):
+    from django.core.files.base import ContentFile
+    from django.core.files.storage import storages
+
+    settings.IMPORT_UPLOAD_DIR = tmp_path / "shared"
+    name = storages["imports"].save("x.csv", ContentFile(b"a\n"))
+    assert (tmp_path / "shared" / name).read_bytes() == b"a\n"

@@ -6,6 +6,10 @@ from django.utils.translation import gettext_lazy as _
 from simple_history.models import HistoricalRecords
 
 from registry.models.organisation import Site
+from registry.storage import import_storage
+
+# The longest upload file name kept (the column, the upload form and the service read this).
+SOURCE_NAME_MAX_LENGTH = 255
 
 
 class ImportBatch(models.Model):
@@ -24,8 +28,15 @@ class ImportBatch(models.Model):
     )
     created_at = models.DateTimeField(auto_now_add=True)
     finished_at = models.DateTimeField(null=True, blank=True)
-    source_name = models.CharField(max_length=255)
-    stored_path = models.CharField(max_length=500, blank=True)  # kept for resuming
+    source_name = models.CharField(max_length=SOURCE_NAME_MAX_LENGTH)
+    # A folder or file given to import_extract (the operator's own, never deleted) ...
+    stored_path = models.CharField(max_length=500, blank=True)
+    # ... or an uploaded extract, kept while the batch may resume, then deleted (or kept for
+    # the site's Site.keep_uploads_days). Its name is ours (a random one), not the upload's.
+    upload = models.FileField(storage=import_storage, max_length=100, blank=True)
+    # Times the batch was found "running" with no worker holding it (a worker died) and run
+    # again; past IMPORT_MAX_RESTARTS it is failed.
+    restarts = models.PositiveSmallIntegerField(default=0)
     dry_run = models.BooleanField(default=False)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.RECEIVED)
     progress = models.PositiveSmallIntegerField(default=0)  # percent
@@ -43,3 +54,17 @@ class ImportBatch(models.Model):
 
     def __str__(self) -> str:
         return f"import {self.pk} {self.site_id} {self.status}"
+
+    @property
+    def has_extract(self) -> bool:
+        """Whether the extract can still be read (to resume)."""
+        return bool(self.upload.name or self.stored_path)
+
+    @property
+    def can_resume(self) -> bool:
+        return self.has_extract and self.status in RESUMABLE
+
+
+# Statuses a batch ends in (its upload is then released) and those it may resume from.
+ENDED = (ImportBatch.Status.FAILED, ImportBatch.Status.CHECKED, ImportBatch.Status.IMPORTED)
+RESUMABLE = (ImportBatch.Status.NEEDS_MAPPING, ImportBatch.Status.FAILED)

@@ -36,6 +36,8 @@ class Site(models.Model):
     # Mapping policy: exact, synonym and learned suggestions at or above this score are
     # approved without review; empty means every new word waits for a person.
     auto_approve_min_score = models.FloatField(null=True, blank=True, default=0.95)
+    # Days an uploaded extract is kept after its import ended (0: deleted at once).
+    keep_uploads_days = models.PositiveSmallIntegerField(default=0)
     created_at = models.DateTimeField(auto_now_add=True)
 
     history = HistoricalRecords()

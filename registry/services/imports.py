@@ -11,28 +11,40 @@ import as its reason, and every written row records its batch.
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import os
+import time
+import uuid
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
 
 import pandas as pd
+from django.conf import settings
 from django.contrib.auth.models import User
-from django.db import transaction
+from django.core.files.uploadedfile import UploadedFile
+from django.db import connection, transaction
 from django.utils import timezone
 
 from registry.audit import audited_save, bulk_update_audited, copy_frame_audited
 from registry.biomarkers import parse_biomarkers
+from registry.errors import ValidationFailed
 from registry.extracts import (
     NATURAL_KEYS,
+    UPLOAD_SUFFIXES,
     WORDS,
     ExtractFile,
     ExtractRefused,
     Problem,
     check_cells,
     check_columns,
+    extract_inspect,
     open_extract,
     read_file,
+    upload_limit,
 )
 from registry.models import (
     AdverseEvent,
@@ -53,6 +65,7 @@ from registry.models import (
     TermMapping,
     TreatmentLine,
 )
+from registry.models.imports import ENDED, RESUMABLE, SOURCE_NAME_MAX_LENGTH
 from registry.pseudonyms import hospital_number_hash
 from registry.services.clinical import followup_summary_refresh
 from registry.services.mapping import suggest, term_resolve
@@ -65,10 +78,21 @@ from registry.services.terminology import (
 
 IMPORT_ROLES = (Role.CLERK, Role.MONITOR)
 
+logger = logging.getLogger(__name__)
+
+# pg_try_advisory_lock(IMPORT_LOCK, batch id) is held by the process running a batch: a
+# batch "running" whose lock is free was left by a worker that died.
+IMPORT_LOCK = 0x494D5054
+
 
 class _Refused(Exception):
     def __init__(self, problems: list[Problem]) -> None:
         self.problems = problems
+
+
+def import_reason(batch: ImportBatch, what: str = "") -> str:
+    """The change reason of every row an import writes (its batch: its status changes)."""
+    return f"import {batch.pk}" + (f": {what}" if what else "")
 
 
 def _progress(batch: ImportBatch, percent: int, stage: str,
@@ -78,8 +102,34 @@ def _progress(batch: ImportBatch, percent: int, stage: str,
     callback(f"{percent:3d}% {stage}")
 
 
+def batch_status_set(batch: ImportBatch, *, status: str, acting_user: User | None,
+                     reason: str, **changes) -> ImportBatch:
+    """The one way a batch's status changes: saved with `changes`, audited (user, reason).
+
+    A batch that ends (failed, checked, imported) is finished (time, 100%) and releases its
+    upload: deleted at once, or kept for the site's keep_uploads_days and purged later by
+    `import_uploads_purge`. A batch in "needs mapping" keeps it, for the resume."""
+    for name, value in changes.items():
+        setattr(batch, name, value)
+    batch.status = status
+    if status not in (ImportBatch.Status.RECEIVED, ImportBatch.Status.RUNNING):
+        batch.finished_at, batch.progress = timezone.now(), 100
+        batch.stage = str(batch.get_status_display())
+    if status in ENDED and batch.upload.name and not batch.site.keep_uploads_days:
+        _upload_delete(batch)
+    return audited_save(batch, acting_user=acting_user, reason=reason)
+
+
+def _upload_delete(batch: ImportBatch) -> None:
+    """Delete a batch's upload (the caller saves the batch, whose field is then empty)."""
+    batch.upload.storage.delete(batch.upload.name)
+    batch.upload.name = ""
+
+
 def batch_create(*, site: Site, path: Path, acting_user: User | None, dry_run: bool = False,
                  source_name: str | None = None) -> ImportBatch:
+    """A batch for an extract the operator gives by path (import_extract): the folder or file
+    stays theirs, never deleted."""
     if acting_user is not None:
         require_site_role(acting_user, site, IMPORT_ROLES)
     return audited_save(ImportBatch(site=site, uploaded_by=acting_user, dry_run=dry_run,
@@ -88,15 +138,140 @@ def batch_create(*, site: Site, path: Path, acting_user: User | None, dry_run: b
                         acting_user=acting_user, reason="extract received")
 
 
+def batch_upload(*, site: Site, upload: UploadedFile, acting_user: User,
+                 dry_run: bool = False) -> ImportBatch:
+    """Store an uploaded extract and record its batch.
+
+    The upload goes to the "imports" storage in chunks under a name of ours (the user's file
+    name is kept as the batch's source name only). Its size and, for a zip, its central
+    directory (member count, sizes, ratios, names) are checked before anything is expanded;
+    a refused upload leaves a failed batch giving the reason, and its file deleted. Raises
+    ValidationFailed (nothing stored) for a file name or size the registry cannot take."""
+    require_site_role(acting_user, site, IMPORT_ROLES)
+    name = upload.name or ""
+    if len(name) > SOURCE_NAME_MAX_LENGTH:
+        raise ValidationFailed(f"The file name has {len(name)} characters; at most "
+                               f"{SOURCE_NAME_MAX_LENGTH} are allowed.", field="extract")
+    suffix = name.rpartition(".")[2].lower()
+    if not name or "." not in name or suffix not in UPLOAD_SUFFIXES:
+        raise ValidationFailed("Upload a .zip, .csv or .xlsx file.", field="extract")
+    if upload.size > upload_limit(name):
+        raise ValidationFailed(f"{name} is {upload.size:,} bytes; at most "
+                               f"{upload_limit(name):,} are accepted.", field="extract")
+    batch = ImportBatch(site=site, uploaded_by=acting_user, dry_run=dry_run, source_name=name)
+    stored = batch.upload.storage.save(f"{uuid.uuid4().hex}.{suffix}", upload)
+    batch.upload.name = stored
+    try:
+        with transaction.atomic():
+            audited_save(batch, acting_user=acting_user, reason="extract received")
+            try:
+                with batch.upload.open("rb") as handle:
+                    extract_inspect(handle, name=name)
+            except ExtractRefused as exc:
+                batch_status_set(batch, status=ImportBatch.Status.FAILED,
+                                 acting_user=acting_user, reason=import_reason(batch, "refused"),
+                                 errors=[Problem(name, 0, "", "", str(exc)).as_dict()])
+    except BaseException:
+        batch.upload.storage.delete(stored)  # nothing recorded: nothing kept
+        raise
+    return batch
+
+
+def batch_resume(*, batch: ImportBatch, acting_user: User) -> ImportBatch:
+    """Queue a batch in "needs mapping" (or failed, while its extract is kept) again."""
+    require_site_role(acting_user, batch.site, IMPORT_ROLES)
+    if batch.status not in RESUMABLE:
+        raise ValidationFailed(f"Import {batch.pk} is {batch.get_status_display()}; only an "
+                               "import that needs mapping or failed can be resumed.")
+    if not batch.has_extract:
+        raise ValidationFailed(f"The extract of import {batch.pk} was deleted when it ended; "
+                               "upload it again.")
+    return batch_status_set(batch, status=ImportBatch.Status.RECEIVED, acting_user=acting_user,
+                            reason=import_reason(batch, "resumed"), progress=0, stage="",
+                            restarts=0)
+
+
+@contextlib.contextmanager
+def _batch_lock(batch_id: int) -> Iterator[bool]:
+    """Whether this process holds the batch's lock (PostgreSQL session advisory lock, freed
+    when the process or its connection dies). Elsewhere (SQLite, one process) always held."""
+    if connection.vendor != "postgresql":
+        yield True
+        return
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_try_advisory_lock(%s, %s)", [IMPORT_LOCK, batch_id])
+        held = cursor.fetchone()[0]
+    try:
+        yield held
+    finally:
+        if held and connection.connection is not None:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_advisory_unlock(%s, %s)", [IMPORT_LOCK, batch_id])
+
+
+def batch_is_orphaned(batch: ImportBatch) -> bool:
+    """A batch marked running that no process runs (its worker died)."""
+    if batch.status != ImportBatch.Status.RUNNING:
+        return False
+    with _batch_lock(batch.pk) as held:
+        return held
+
+
+def batch_run(*, batch_id: int) -> ImportBatch | None:
+    """Run a queued batch (the Celery task's one call); safe to run twice and after a worker
+    died. Returns None when another process is running it. A batch found "running" with no
+    process holding it was left by a dead worker: nothing of it was written (the writes are
+    one transaction), so it is run again, at most IMPORT_MAX_RESTARTS times, then failed."""
+    with _batch_lock(batch_id) as held:
+        if not held:
+            return None
+        batch = ImportBatch.objects.select_related("site", "uploaded_by").get(pk=batch_id)
+        if batch.status not in (ImportBatch.Status.RECEIVED, ImportBatch.Status.RUNNING):
+            return batch
+        if batch.status == ImportBatch.Status.RUNNING:
+            if batch.restarts >= settings.IMPORT_MAX_RESTARTS:
+                return batch_fail(batch, message=(
+                    f"The worker running this import stopped {batch.restarts + 1} times "
+                    "(killed, or out of memory); nothing was written."))
+            batch.restarts += 1
+            logger.warning("import %s: its worker died; running it again (restart %s)",
+                           batch.pk, batch.restarts)
+        return extract_import(batch)
+
+
+def batch_fail(batch: ImportBatch, *, message: str) -> ImportBatch:
+    """End a batch as failed for a fault (not its data), the message shown on its page."""
+    return batch_status_set(batch, status=ImportBatch.Status.FAILED,
+                            acting_user=batch.uploaded_by, reason=import_reason(batch, "failed"),
+                            errors=[Problem(batch.source_name, 0, "", "", message).as_dict()])
+
+
 def extract_import(batch: ImportBatch, *, progress: Callable[[str], None] = lambda m: None
                    ) -> ImportBatch:
-    """Run (or resume) an import batch to one of: failed, needs_mapping, checked, imported."""
+    """Run (or resume) an import batch to one of: failed, needs_mapping, checked, imported.
+
+    Any error ends the batch failed with its message (never left running); an unexpected
+    one is logged and named. Raises ValidationFailed if another process runs the batch."""
+    with _batch_lock(batch.pk) as held:
+        if not held:
+            raise ValidationFailed(f"Import {batch.pk} is running in another process.")
+        try:
+            return _import(batch, progress)
+        except Exception as exc:
+            logger.exception("import %s failed unexpectedly", batch.pk)
+            return batch_fail(batch, message=f"The import stopped on an unexpected error "
+                              f"({type(exc).__name__}); nothing was written. Tell the "
+                              "registry's administrators.")
+
+
+def _import(batch: ImportBatch, progress: Callable[[str], None]) -> ImportBatch:
     user, site = batch.uploaded_by, batch.site
-    batch.status, batch.errors, batch.unmapped = ImportBatch.Status.RUNNING, [], []
-    audited_save(batch, acting_user=user, reason="import started")
+    batch_status_set(batch, status=ImportBatch.Status.RUNNING, acting_user=user,
+                     reason=import_reason(batch, "started"), errors=[], unmapped=[],
+                     finished_at=None)
     try:
         _progress(batch, 5, "reading", progress)
-        files = _read(Path(batch.stored_path))
+        files = _read(batch)
         batch.files = {f.filename: {"sha256": f.sha256, "bytes": f.size, "rows": len(f.raw),
                                     "encoding": f.encoding} for f in files.values()}
         _progress(batch, 20, "checking every cell", progress)
@@ -104,43 +279,99 @@ def extract_import(batch: ImportBatch, *, progress: Callable[[str], None] = lamb
         _progress(batch, 40, "resolving local words", progress)
         concepts, unmapped = _resolve(files, site, user, dry_run=batch.dry_run)
         if unmapped:
-            batch.status, batch.unmapped = ImportBatch.Status.NEEDS_MAPPING, unmapped
-            batch = _finish(batch, progress)
+            batch = _finish(batch, progress, ImportBatch.Status.NEEDS_MAPPING,
+                            unmapped=unmapped)
             if not batch.dry_run:
                 # The review queue orders the waiting words by the rows that wait for them.
                 site_term_frequencies_refresh(site_id=site.pk)
             return batch
         _check_rules(files, site, concepts)
         if batch.dry_run:
-            batch.status = ImportBatch.Status.CHECKED
-            return _finish(batch, progress)
+            return _finish(batch, progress, ImportBatch.Status.CHECKED)
         _progress(batch, 60, "writing", progress)
         with transaction.atomic():
-            batch.counts = _Writer(batch, files, concepts).write()
-        batch.status = ImportBatch.Status.IMPORTED
+            counts = _Writer(batch, files, concepts).write()
+        return _finish(batch, progress, ImportBatch.Status.IMPORTED, counts=counts)
     except ExtractRefused as exc:
-        batch.status = ImportBatch.Status.FAILED
-        batch.errors = [Problem(Path(batch.stored_path).name, 0, "", "", str(exc)).as_dict()]
+        return _finish(batch, progress, ImportBatch.Status.FAILED, errors=[
+            Problem(batch.source_name, 0, "", "", str(exc)).as_dict()])
     except _Refused as exc:
-        batch.status = ImportBatch.Status.FAILED
-        batch.errors = [p.as_dict() for p in exc.problems]
-    return _finish(batch, progress)
+        return _finish(batch, progress, ImportBatch.Status.FAILED,
+                       errors=[p.as_dict() for p in exc.problems])
 
 
-def _finish(batch: ImportBatch, progress) -> ImportBatch:
-    batch.finished_at = timezone.now()
-    batch.progress = 100
-    batch.stage = batch.get_status_display()
-    audited_save(batch, acting_user=batch.uploaded_by, reason=f"import {batch.status}")
+def _finish(batch: ImportBatch, progress, status: str, **changes) -> ImportBatch:
+    batch = batch_status_set(batch, status=status, acting_user=batch.uploaded_by,
+                             reason=import_reason(batch, status), **changes)
     progress(f"100% {batch.stage}")
     return batch
 
 
-def _read(path: Path) -> dict[str, ExtractFile]:
-    if not path.exists():
-        raise ExtractRefused(f"{path} no longer exists; upload the extract again.")
-    return {key: read_file(key, name, content)
-            for key, (name, content) in open_extract(path).items()}
+def _read(batch: ImportBatch) -> dict[str, ExtractFile]:
+    if batch.upload.name:
+        if not batch.upload.storage.exists(batch.upload.name):
+            raise ExtractRefused("The uploaded extract is no longer stored; upload it again.")
+        with batch.upload.open("rb") as handle:
+            members = open_extract(handle, name=batch.source_name)
+    else:
+        path = Path(batch.stored_path)
+        if not path.exists():
+            raise ExtractRefused(f"{path} no longer exists; give the extract again.")
+        members = open_extract(path)
+    return {key: read_file(key, name, content) for key, (name, content) in members.items()}
+
+
+# A stored file no batch names (its web process died between storing and recording it) is
+# deleted once this old: a file being uploaded right now is not named by a batch yet either.
+ORPHAN_UPLOAD_AGE = timedelta(days=1)
+
+
+def import_uploads_purge() -> int:
+    """Delete the uploads of ended batches kept past their site's keep_uploads_days, and stored
+    files no batch names; returns how many. (Uploads of sites that keep none are deleted when
+    the batch ends.)"""
+    now, purged = timezone.now(), 0
+    storage = ImportBatch._meta.get_field("upload").storage
+    try:
+        names = storage.listdir("")[1]
+    except FileNotFoundError:  # nothing was ever uploaded
+        names = []
+    named = set(ImportBatch.objects.exclude(upload="").values_list("upload", flat=True))
+    for name in names:
+        if name not in named and storage.get_modified_time(name) < now - ORPHAN_UPLOAD_AGE:
+            storage.delete(name)
+            logger.info("deleted %s, an upload no import batch names", name)
+            purged += 1
+    kept = ImportBatch.objects.filter(status__in=ENDED).exclude(upload="").select_related(
+        "site", "uploaded_by")
+    for batch in kept:
+        if batch.finished_at and batch.finished_at + timedelta(
+                days=batch.site.keep_uploads_days) <= now:
+            _upload_delete(batch)
+            audited_save(batch, acting_user=batch.uploaded_by,
+                         reason=import_reason(batch, "upload purged"))
+            purged += 1
+    return purged
+
+
+def import_stale_batches() -> list[int]:
+    """Batches to queue again: "running" with no process running them (a worker died), or
+    "received" for longer than IMPORT_REQUEUE_AFTER_SECONDS (their queued task was lost)."""
+    waited = timezone.now() - timedelta(seconds=settings.IMPORT_REQUEUE_AFTER_SECONDS)
+    stale = [b.pk for b in ImportBatch.objects.filter(status=ImportBatch.Status.RUNNING)
+             if batch_is_orphaned(b)]
+    stale += ImportBatch.objects.filter(status=ImportBatch.Status.RECEIVED,
+                                        created_at__lt=waited).values_list("pk", flat=True)
+    return sorted(stale)
+
+
+def _pause_for_tests() -> None:
+    """The killed-worker test's hook (IMPORT_TEST_PAUSE_FILE, empty in deployments): wait here,
+    inside the write transaction, once, having told the test which process to kill."""
+    marker = settings.IMPORT_TEST_PAUSE_FILE
+    if marker and not os.path.exists(marker):
+        Path(marker).write_text(str(os.getpid()))
+        time.sleep(120)
 
 
 def _check(files: dict[str, ExtractFile], site: Site) -> None:
@@ -299,7 +530,7 @@ class _Writer:
         self.batch, self.files = batch, files
         self.site = batch.site
         self.user = batch.uploaded_by
-        self.reason = f"import {batch.pk} ({batch.source_name})"
+        self.reason = import_reason(batch)
         self.counts: dict[str, dict[str, int]] = {}
         self.problems: list[Problem] = []
         self.factors: dict[tuple[int, int], tuple] = {}
@@ -449,10 +680,13 @@ class _Writer:
             departments = {d.name: d.pk for d in Department.objects.filter(site=self.site)}
             for name in sorted(set(raw.get("department", pd.Series(dtype=object))) - {""}):
                 if name not in departments:
-                    departments[name] = Department.objects.create(site=self.site, name=name).pk
+                    departments[name] = audited_save(
+                        Department(site=self.site, name=name), acting_user=self.user,
+                        reason=self.reason).pk
             self.departments = departments
             self._table(Patient, "patients", ["hospital_number_hash"], self._patient_values,
                         stored=stored)
+            _pause_for_tests()
         else:
             self._count("patients", "created", 0)  # the report always lists patients
         number_of = {h: n for n, h in hashes.items()}

@@ -12,7 +12,6 @@ import pytest
 from django.core.management import call_command
 from django.db import connection
 
-from registry import extracts
 from registry.extracts import ExtractRefused, decode
 from registry.models import (
     AdverseEvent,
@@ -228,6 +227,12 @@ def test_gb18030_that_happens_to_be_valid_utf8_is_not_called_mixed():
     mixed = content + ("H3,1,紫杉醇\n" * 10).encode()
     with pytest.raises(ExtractRefused, match="mixed encodings"):
         decode("regimens.csv", mixed)
+    # 稹啊 in GB18030 is F0 A1 B0 A1, also UTF-8 for U+21C21 (CJK extension B): no clinical
+    # text has it, so the line is not taken for UTF-8.
+    rare = ("patient_no,line_no,regimen\n" + "H1,1,顺铂\n" * 12 + "H2,1,稹啊\n").encode("gb18030")
+    assert decode("regimens.csv", rare) == (rare.decode("gb18030"), "gb18030")
+    with pytest.raises(ExtractRefused, match="1 line.s. are UTF-8: line 15"):
+        decode("regimens.csv", rare + "H3,1,β2-微球蛋白 ×2\n".encode())
 
 
 def _zip(path: Path, members: dict) -> Path:
@@ -246,8 +251,8 @@ def test_zip_extract_traversal_and_bomb(tmp_path, site_a, alice):
     assert bomb.status == "failed" and "zip bomb" in bomb.errors[0]["message"]
 
 
-def test_oversized_file_is_refused(tmp_path, site_a, alice, monkeypatch):
-    monkeypatch.setattr(extracts, "MAX_FILE_BYTES", 100)  # stands for the 1 GiB limit
+def test_oversized_file_is_refused(tmp_path, site_a, alice, settings):
+    settings.IMPORT_MAX_FILE_BYTES = 100  # stands for the 1 GiB limit
     batch = run(site_a, write(tmp_path / "x", GOOD), alice)
     assert batch.status == "failed" and "are refused" in batch.errors[0]["message"]
 

@@ -6,6 +6,7 @@ from django.contrib.auth.models import User
 from django.core.management.base import BaseCommand, CommandError
 
 from registry.csvsafe import spreadsheet_safe
+from registry.errors import RegistryError
 from registry.models import ImportBatch, Site
 from registry.services.imports import batch_create, extract_import
 from registry.services.terminology import site_term_frequencies_refresh
@@ -46,7 +47,10 @@ class Command(BaseCommand):
                     raise CommandError(f"Unknown user {opts['user']!r}.")
             batch = batch_create(site=site, path=opts["path"].resolve(), acting_user=user,
                                  dry_run=opts["dry_run"])
-        batch = extract_import(batch, progress=self.stderr.write)
+        try:
+            batch = extract_import(batch, progress=self.stderr.write)
+        except RegistryError as error:  # e.g. a worker is running this batch now
+            raise CommandError(error.summary()) from None
         if batch.status == ImportBatch.Status.IMPORTED:
             site_term_frequencies_refresh(site_id=batch.site_id)
         self.stdout.write(f"import {batch.pk}: {batch.get_status_display()}")

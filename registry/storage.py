@@ -1,0 +1,35 @@
+"""Where uploaded site extracts are stored: the "imports" storage of STORAGES."""
+
+from __future__ import annotations
+
+import os
+
+from django.conf import settings
+from django.core.files.storage import FileSystemStorage, storages
+
+
+class ImportUploadStorage(FileSystemStorage):
+    """Files under IMPORT_UPLOAD_DIR, a folder web and worker share (one volume in compose).
+
+    The folder is read when used, not when the storage is made, so a test can point it
+    elsewhere; uploads are private (no URL is served for them)."""
+
+    @property
+    def base_location(self) -> str:
+        return str(settings.IMPORT_UPLOAD_DIR)
+
+    @property
+    def location(self) -> str:
+        return os.path.abspath(self.base_location)
+
+    @property
+    def base_url(self):  # never served
+        return None
+
+    def url(self, name):
+        raise ValueError("Uploaded extracts are not served.")
+
+
+def import_storage() -> FileSystemStorage:
+    """The storage of uploaded extracts (a callable, so the model field stays portable)."""
+    return storages["imports"]
