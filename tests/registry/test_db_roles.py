@@ -171,3 +171,32 @@ def test_the_command_creates_a_login_role_from_the_environment(monkeypatch):
                          stdout=StringIO())
     finally:
         _drop_role()
+
+
+def test_the_compose_init_script_creates_a_role_the_grant_accepts(tmp_path):
+    """deploy/postgres/init-app-role.sh, run as the postgres image runs it (psql as the owner),
+    creates a login role that is no superuser; the grant then restricts it."""
+    import os
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    psql = shutil.which("psql") or "/usr/lib/postgresql/15/bin/psql"
+    script = Path(__file__).resolve().parents[2] / "deploy" / "postgres" / "init-app-role.sh"
+    db = connection.settings_dict
+    _drop_role()
+    try:
+        subprocess.run(["sh", str(script)], check=True, capture_output=True, env={
+            **os.environ, "PATH": f"{Path(psql).parent}:{os.environ.get('PATH', '')}",
+            "PGHOST": db["HOST"] or "127.0.0.1", "PGPORT": str(db["PORT"] or 5432),
+            "POSTGRES_USER": db["USER"], "POSTGRES_DB": db["NAME"],
+            "POSTGRES_APP_USER": ROLE, "POSTGRES_APP_PASSWORD": "it's a \"secret\""})
+        (flags,) = _execute("SELECT rolcanlogin, rolsuper, rolcreaterole, rolcreatedb "
+                            "FROM pg_roles WHERE rolname = %s", [ROLE])
+        assert flags == (True, False, False, False)
+        report = app_role_grant(ROLE)
+        assert set(report.history) == history_tables()
+        with as_role(ROLE):
+            _refused(f"DELETE FROM {Site.history.model._meta.db_table}")  # noqa: S608
+    finally:
+        _drop_role()
