@@ -246,3 +246,31 @@ def test_the_review_queue_names_the_locked_records_a_recode_skipped(client, site
     assert DrugAdministration.objects.get(pk=locked.pk).drug.code == "L01XA01"
     assert DrugAdministration.objects.get(pk=open_row.pk).drug.code == "L01XA02"
     assert locked.drug_term.mappings.get(status=MappingStatus.APPROVED).concept.code == "L01XA02"
+
+
+@pytest.mark.redis
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_an_import_run_by_a_worker_without_a_user_is_attributed(tmp_path, site_a,
+                                                                 redis_worker):
+    """The Celery path: an extract received with no acting user (import_extract without
+    --user), imported by a real worker on Redis, writes history rows naming the system
+    account."""
+    from registry.models import ImportBatch
+    from registry.services.imports import batch_create
+    from registry.services.organisation import department_get_or_create
+    from registry.tasks import extract_import_task
+    from tests.registry.test_imports import GOOD, write
+
+    # The import's own creation of new departments is fixed with the rest of the import path;
+    # this test is about the attribution of what the worker writes through the audited paths.
+    department_get_or_create(site=site_a, name="肿瘤内科", acting_user=None)
+    batch = batch_create(site=site_a, path=write(tmp_path / "extract", GOOD), acting_user=None)
+    assert extract_import_task.delay(batch.pk).get(timeout=60) == ImportBatch.Status.IMPORTED
+    assert _anonymous_history() == []
+    system = User.objects.get(username=SYSTEM_USERNAME)
+    written = DrugAdministration.history.filter(site=site_a)
+    assert written.count() == 2
+    assert set(written.values_list("history_user", flat=True)) == {system.pk}
+    assert ImportBatch.history.filter(pk=batch.pk).values_list(
+        "history_user", flat=True).distinct().get() == system.pk
