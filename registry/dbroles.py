@@ -12,6 +12,11 @@ Two PostgreSQL roles (docs/backup.md, README "Database roles"):
 it sets the privileges table by table from the models Django knows, so a history table added
 by a new migration is covered the next time it runs. Default privileges are deliberately not
 used for tables: they would give a future history table the privileges of an ordinary one.
+
+Defence in depth, for the owner and superusers too: `history_guard_install` puts a trigger on
+every history table that refuses UPDATE and DELETE unless the session says
+`SET registry.history_rewrite = 'on'` (a deliberate, visible act of maintenance). TRUNCATE is
+left to privileges (the test suite empties tables with it between tests).
 """
 
 from __future__ import annotations
@@ -29,6 +34,10 @@ ORDINARY_PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE")
 HISTORY_PRIVILEGES = ("SELECT", "INSERT")
 # Read by `manage.py check` and friends; written only by migrate, as the owner.
 READ_ONLY_TABLES = frozenset({"django_migrations"})
+# The session setting that lets the owner rewrite history rows on purpose.
+HISTORY_REWRITE_SETTING = "registry.history_rewrite"
+_GUARD_FUNCTION = "registry_history_guard"
+_GUARD_TRIGGER = "registry_history_guard"
 
 
 @dataclass(frozen=True)
@@ -37,6 +46,7 @@ class GrantReport:
     ordinary: tuple[str, ...]
     history: tuple[str, ...]
     read_only: tuple[str, ...]
+    guarded: tuple[str, ...] = ()
 
 
 def history_tables() -> set[str]:
@@ -96,8 +106,46 @@ def app_role_grant(role: str, *, using: str = "default") -> GrantReport:
                     ident(schema, table), ident(role)))
         for statement in statements:
             cursor.execute(statement.as_string(connection.connection))
+        guarded = history_guard_install(using=using)
     return GrantReport(role=role, ordinary=tuple(ordinary), history=tuple(history),
-                       read_only=tuple(read_only))
+                       read_only=tuple(read_only), guarded=tuple(guarded))
+
+
+def history_guard_install(*, using: str = "default") -> list[str]:
+    """(Re)create the trigger refusing UPDATE and DELETE on every history table; returns the
+    tables guarded. Idempotent; needs the owner."""
+    connection = connections[using]
+    with transaction.atomic(using=using), connection.cursor() as cursor:
+        cursor.execute(sql.SQL("""
+            CREATE OR REPLACE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                IF current_setting({setting}, true) = 'on' THEN
+                    RETURN CASE WHEN TG_OP = 'DELETE' THEN OLD ELSE NEW END;
+                END IF;
+                RAISE EXCEPTION 'history rows are never changed or deleted (% on %)',
+                    TG_OP, TG_TABLE_NAME
+                    USING ERRCODE = 'insufficient_privilege',
+                          HINT = 'Maintenance only: SET LOCAL ' || {setting} || ' = on';
+            END $$""").format(function=sql.Identifier(_GUARD_FUNCTION),
+                             setting=sql.Literal(HISTORY_REWRITE_SETTING))
+                       .as_string(connection.connection))
+        existing = set(connection.introspection.table_names(cursor))
+        tables = sorted(history_tables() & existing)
+        for table in tables:
+            cursor.execute(sql.SQL(
+                "CREATE OR REPLACE TRIGGER {trigger} BEFORE UPDATE OR DELETE ON {table} "
+                "FOR EACH ROW EXECUTE FUNCTION {function}()").format(
+                    trigger=sql.Identifier(_GUARD_TRIGGER), table=sql.Identifier(table),
+                    function=sql.Identifier(_GUARD_FUNCTION)).as_string(connection.connection))
+    return tables
+
+
+def history_guard_remove(*, using: str = "default") -> None:
+    """Drop the guard triggers and their function (a test's teardown; an owner's choice)."""
+    connection = connections[using]
+    with transaction.atomic(using=using), connection.cursor() as cursor:
+        cursor.execute(sql.SQL("DROP FUNCTION IF EXISTS {}() CASCADE").format(
+            sql.Identifier(_GUARD_FUNCTION)).as_string(connection.connection))
 
 
 def app_role_ensure(role: str, *, password: str, using: str = "default") -> bool:

@@ -8,12 +8,17 @@ from io import StringIO
 import psycopg
 import pytest
 from django.core.management import CommandError, call_command
-from django.db import connection
+from django.db import connection, transaction
 from django.db.utils import ProgrammingError
 from psycopg import errors, sql
 
 from registry.audit import history_columns
-from registry.dbroles import app_role_grant, history_tables
+from registry.dbroles import (
+    HISTORY_REWRITE_SETTING,
+    app_role_grant,
+    history_guard_remove,
+    history_tables,
+)
 from registry.models import DrugAdministration, Patient, Site
 from registry.services import workflow
 from tests.registry import factories
@@ -31,6 +36,7 @@ def _execute(statement, params=None):
 
 
 def _drop_role():
+    history_guard_remove()  # the grant installs it; other tests run without it
     if _execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [ROLE]):
         _execute(f'DROP OWNED BY "{ROLE}"')
         _execute(f'DROP ROLE "{ROLE}"')
@@ -54,11 +60,11 @@ def as_role(role):
         _execute("RESET ROLE")
 
 
-def _refused(statement):
+def _refused(statement, because=("permission denied", "must be owner")):
     with pytest.raises(ProgrammingError) as caught:
         _execute(statement)
     assert isinstance(caught.value.__cause__, errors.InsufficientPrivilege), caught.value
-    assert "permission denied" in str(caught.value) or "must be owner" in str(caught.value)
+    assert any(words in str(caught.value) for words in because), caught.value
 
 
 def test_history_tables_are_discovered_from_simple_history():
@@ -200,3 +206,27 @@ def test_the_compose_init_script_creates_a_role_the_grant_accepts(tmp_path):
             _refused(f"DELETE FROM {Site.history.model._meta.db_table}")  # noqa: S608
     finally:
         _drop_role()
+
+
+def test_even_the_owner_rewrites_history_only_on_purpose(app_role, site_a, alice):
+    """The guard trigger: a superuser's UPDATE or DELETE of a history row is refused unless
+    the session says it is maintenance."""
+    factories.patient(site_a, alice)
+    report = app_role_grant(app_role)
+    assert set(report.guarded) == history_tables()
+    guarded = {name for (name,) in _execute(
+        "SELECT c.relname FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid "
+        "WHERE t.tgname = 'registry_history_guard' AND NOT t.tgisinternal")}
+    assert guarded == history_tables()
+    history = Patient.history.model._meta.db_table
+    _refused(f"UPDATE {history} SET history_change_reason = 'x'",  # noqa: S608
+             because=("history rows are never changed or deleted (UPDATE on",))
+    _refused(f"DELETE FROM {history}", because=("never changed or deleted (DELETE on",))  # noqa: S608
+    assert Patient.history.get().history_change_reason != "x"
+    with transaction.atomic():
+        _execute(f"SET LOCAL {HISTORY_REWRITE_SETTING} = 'on'")
+        _execute(f"UPDATE {history} SET history_change_reason = 'maintenance'")  # noqa: S608
+    assert Patient.history.get().history_change_reason == "maintenance"
+    # Inserting is what the application does all day: not guarded.
+    factories.patient(site_a, alice)
+    assert Patient.history.count() == 2
