@@ -349,7 +349,8 @@ def recode(
     """Point every row that came from `site_term` at `concept`; labs get their canonical value
     recomputed. Locked records are never changed here (only an unlock opens them): they keep
     their old concept and are returned in `locked`, and `recode_pending` lists them until they
-    are re-coded (`mapping_approve` of the same concept again, after the unlock)."""
+    are re-coded: when unlocked (`record_unlock` calls `record_recode`), or by approving the
+    same concept again."""
     changed = 0
     locked: list[LockedRow] = []
     for model, concept_field, rows in _rows_to_recode(site_term, concept):
@@ -381,6 +382,32 @@ def recode_pending(site_term: SiteTerm) -> list[LockedRow]:
     for _model, _field, rows in _rows_to_recode(site_term, concept):
         pending += _locked_rows(rows.select_related("site", "patient").order_by("pk"))
     return pending
+
+
+def record_recode(instance: models.Model, *, acting_user: User | None,
+                  reason: str = "re-coded after unlock") -> list[str]:
+    """Bring one record's coded values up to its words' current meaning (a row a re-code left
+    alone while it was locked), audited; returns the concept fields changed. A locked record
+    is left alone."""
+    if instance.status == RecordStatus.LOCKED:
+        return []
+    changed = []
+    for uses in USES.values():
+        for model, term_field, concept_field in uses:
+            term = getattr(instance, term_field, None) if isinstance(instance, model) else None
+            if term is None:
+                continue
+            wanted = None if term.unmappable else approved_concept(term)
+            if getattr(instance, f"{concept_field}_id") != (wanted.pk if wanted else None):
+                setattr(instance, concept_field, wanted)
+                changed.append(concept_field)
+    if changed:
+        if isinstance(instance, LabResult):
+            _lab_canonical(instance)
+        instance.version += 1
+        audited_save(instance, acting_user=acting_user,
+                     reason=f"{reason}: {', '.join(changed)} from the current mapping")
+    return changed
 
 
 def _lab_canonical(lab: LabResult) -> None:

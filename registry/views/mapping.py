@@ -95,8 +95,8 @@ def _warn_locked(request: HttpRequest, term: SiteTerm) -> None:
     pending = recode_pending(term)
     if pending:
         messages.warning(request, _(
-            "%(n)d locked record(s) keep their earlier concept until unlocked; unlock them and "
-            "approve the mapping again to re-code them: %(rows)s") % {
+            "%(n)d locked record(s) keep their earlier concept; they are re-coded when a "
+            "monitor unlocks them: %(rows)s") % {
             "n": len(pending),
             "rows": "; ".join(f"{r.site} {r.registry_id} {r.kind} #{r.id}" for r in pending)})
 

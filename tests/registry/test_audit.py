@@ -11,7 +11,7 @@ from django.urls import reverse
 from registry.audit import SYSTEM_USERNAME, bulk_create_audited, bulk_update_audited, system_user
 from registry.errors import ValidationFailed
 from registry.models import Concept, DrugAdministration, MappingStatus, Membership, Patient, Site
-from registry.services import workflow
+from registry.services import clinical, workflow
 from registry.services.mapping import (
     LockedRow,
     mapping_approve,
@@ -208,16 +208,34 @@ def test_locked_records_wait_for_an_unlock_then_are_recoded(site_a, alice, mona)
                     acting_user=mona, reason="pharmacy corrected")
     assert DrugAdministration.objects.get(pk=row.pk).drug.code == "L01XA01"
 
-    workflow.record_unlock(DrugAdministration.objects.get(pk=row.pk), acting_user=mona,
-                           reason="re-code after the pharmacy's correction")
-    mapping_approve(site_term=term, concept=Concept.objects.get(code="L01XA02"),
-                    acting_user=mona, reason="pharmacy corrected")
+    unlocked = workflow.record_unlock(DrugAdministration.objects.get(pk=row.pk),
+                                      acting_user=mona, reason="dose to be checked")
     recoded = DrugAdministration.objects.get(pk=row.pk)
-    assert recoded.drug.code == "L01XA02"
+    assert (recoded.drug.code, recoded.status) == ("L01XA02", "submitted")
+    assert recoded.version == unlocked.version == row.version + 2  # the unlock, the re-code
     assert recode_pending(term) == []
     last = recoded.history.latest("history_id")
     assert (last.history_user, last.drug_id) == (mona, recoded.drug_id)
-    assert "after unlock" in last.history_change_reason
+    assert last.history_change_reason.startswith("re-coded after unlock")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_locked_lab_gets_its_canonical_value_when_unlocked(site_a, alice, mona):
+    from registry.models import LabResult
+
+    patient = factories.patient(site_a, alice)
+    lab = clinical.lab_result_record(patient=patient, test="ANC", value="1500",
+                                     unit="个/立方毫米", collected_date=factories.DIAGNOSED,
+                                     acting_user=alice)
+    lab = _lock(lab, clerk=alice, monitor=mona)
+    mapping_approve(site_term=lab.unit_term, concept=Concept.objects.get(code="/mm3"),
+                    acting_user=mona)
+    frozen = LabResult.objects.get(pk=lab.pk)
+    assert (frozen.unit_id, frozen.value_canonical, frozen.unit_flag) == (None, None, "unmapped")
+    workflow.record_unlock(frozen, acting_user=mona, reason="unit mapped")
+    recoded = LabResult.objects.get(pk=lab.pk)
+    assert (recoded.unit.code, recoded.unit_flag) == ("/mm3", "")
+    assert recoded.value_canonical == pytest.approx(1.5)
 
 
 @pytest.mark.django_db(transaction=True)
