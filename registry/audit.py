@@ -3,6 +3,11 @@
 django-simple-history records a row per save() and delete(), taking the user and reason from
 attributes set on the instance. It does not see bulk_create/bulk_update, so bulk paths use the
 functions here, which write the history rows in the same transaction.
+
+Every history row names a user and a reason. A reason is required here; a write with no acting
+user (a management command, a Celery task, a loader run by an operator) is recorded as the
+named system account (`SYSTEM_USERNAME`), never as nobody, so the trail reads
+"system: starter vocabulary" rather than an empty user.
 """
 
 from __future__ import annotations
@@ -13,11 +18,30 @@ from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
+from django.contrib.auth.hashers import make_password
 from django.contrib.auth.models import User
 from django.db.models import ForeignKey, IntegerField, Model
 from simple_history.utils import bulk_create_with_history, bulk_update_with_history
 
 from registry.errors import ValidationFailed
+
+# The account unattended jobs write as. It cannot log in (inactive, no usable password).
+SYSTEM_USERNAME = "system"
+
+
+def system_user() -> User:
+    """The system account, created on first use (idempotent, safe under concurrent callers)."""
+    user, _ = User.objects.get_or_create(
+        username=SYSTEM_USERNAME,
+        defaults={"is_active": False, "password": make_password(None),
+                  "first_name": "System", "last_name": "(unattended jobs)"},
+    )
+    return user
+
+
+def history_user(acting_user: User | None) -> User:
+    """Who a history row names: the acting user, else the system account."""
+    return acting_user if acting_user is not None else system_user()
 
 
 def _require_reason(reason: str) -> str:
@@ -28,15 +52,15 @@ def _require_reason(reason: str) -> str:
 
 
 def audited_save(obj: Model, *, acting_user: User | None, reason: str) -> Model:
-    obj._history_user = acting_user
     obj._change_reason = _require_reason(reason)
+    obj._history_user = history_user(acting_user)
     obj.save()
     return obj
 
 
 def audited_delete(obj: Model, *, acting_user: User | None, reason: str) -> None:
-    obj._history_user = acting_user
     obj._change_reason = _require_reason(reason)
+    obj._history_user = history_user(acting_user)
     obj.delete()
 
 
@@ -52,8 +76,8 @@ def bulk_create_audited(
         list(objs),
         model,
         batch_size=batch_size,
-        default_user=acting_user,
         default_change_reason=_require_reason(reason),
+        default_user=history_user(acting_user),
     )
 
 
@@ -71,8 +95,8 @@ def bulk_update_audited(
         model,
         list(fields),
         batch_size=batch_size,
-        default_user=acting_user,
         default_change_reason=_require_reason(reason),
+        default_user=history_user(acting_user),
     )
 
 
@@ -100,6 +124,7 @@ def copy_frame_audited(
     reason = _require_reason(reason)
     if frame.empty:
         return []
+    acting_user = history_user(acting_user)
     if connection.vendor != "postgresql":
         rows = frame.astype(object).where(frame.notna(), None).to_dict("records")
         objs = [model(**row) for row in rows]
@@ -140,7 +165,7 @@ def copy_frame_audited(
         "history_date": [now.isoformat(sep=" ")] * n,
         "history_change_reason": [reason.translate(_ESCAPES)] * n,
         "history_type": ["+"] * n,
-        "history_user_id": [str(acting_user.pk) if acting_user else "\\N"] * n})
+        "history_user_id": [str(acting_user.pk)] * n})
     return ids
 
 

@@ -98,6 +98,12 @@ AUTHENTICATION_BACKENDS = [
     "django.contrib.auth.backends.ModelBackend",
 ]
 PASSWORD_MIN_LENGTH = 12
+
+# Database roles (README, "Database roles and backups"): the application connects as
+# DATABASE_APP_ROLE, which may read and append to the history tables but not rewrite them;
+# the owner runs migrations and then `manage.py db_grant_app_role`.
+DATABASE_APP_ROLE = env_str("DATABASE_APP_ROLE", "registry_app")
+
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
     {

@@ -37,7 +37,11 @@ APP_SERVICES = ("migrate", "web", "worker", "beat")
 # channel to ping; the one-shot migrate job exits, so neither has one.
 HEALTHCHECKED = ("postgres", "redis", "web", "worker")
 NOT_HEALTHCHECKED = ("beat", "migrate")
-SECRETS = ("SECRET_KEY", "REGISTRY_PEPPER", "POSTGRES_PASSWORD")
+SECRETS = ("SECRET_KEY", "REGISTRY_PEPPER", "POSTGRES_PASSWORD", "POSTGRES_APP_PASSWORD")
+# The long-running services connect as the application role; only migrate uses the owner.
+APP_ROLE_SERVICES = ("web", "worker", "beat")
+APP_ROLE = "registry_app"
+INIT_SCRIPT = ROOT / "deploy" / "postgres" / "init-app-role.sh"
 # Read by Django itself, not by registry/settings.py.
 READ_OUTSIDE_SETTINGS = {"DJANGO_SETTINGS_MODULE"}
 
@@ -109,6 +113,22 @@ def _parse_celery(argv: list[str]) -> tuple[str, dict]:
         subcommand, list(rest), obj=CLIContext(app=app, no_color=True, workdir=None)
     )
     return subcommand, context.params
+
+
+def _shell_steps(argv: list[str]) -> list[list[str]]:
+    """`sh -c "a && b"` -> [a, b], each split like a command line."""
+    assert argv[:2] == ["sh", "-c"] and len(argv) == 3, argv
+    return [shlex.split(step) for step in argv[2].split("&&")]
+
+
+def _bind_mounts(service: dict) -> list[tuple[str, str]]:
+    """(host path, mount target) for the files and folders of this checkout a service mounts."""
+    found = []
+    for volume in service.get("volumes", []):
+        source, _, target = volume.partition(":")
+        if source.startswith("./"):
+            found.append((source, target.split(":")[0]))
+    return found
 
 
 def _named_volumes(service: dict) -> list[tuple[str, str]]:
@@ -220,6 +240,10 @@ def test_every_service_command_runs_something_that_exists(name):
     elif argv[:2] == ["python", "manage.py"]:
         assert (ROOT / "manage.py").is_file()
         assert argv[2] in get_commands(), f"no manage.py command {argv[2]!r}"
+    elif argv[:2] == ["sh", "-c"]:
+        for step in _shell_steps(argv):
+            assert step[:2] == ["python", "manage.py"], step
+            assert step[2] in get_commands(), f"no manage.py command {step[2]!r}"
     else:
         pytest.fail(f"{name}: unrecognised command {argv}")
 
@@ -236,13 +260,18 @@ def test_worker_and_beat_run_the_registry_celery_app():
 
 
 def test_migrate_runs_migrations():
-    assert _command("migrate") == ["python", "manage.py", "migrate", "--noinput"]
+    assert _shell_steps(_command("migrate"))[0] == ["python", "manage.py", "migrate", "--noinput"]
 
 
 def test_app_services_share_one_environment():
-    environments = [SERVICES[name]["environment"] for name in APP_SERVICES]
+    environments = [SERVICES[name]["environment"] for name in APP_ROLE_SERVICES]
     assert all(environment == environments[0] for environment in environments)
     assert all(SERVICES[name].get("build") == "." for name in APP_SERVICES)
+    # migrate: the same, but as the owner, and with the password it gives the app role.
+    migrate = dict(SERVICES["migrate"]["environment"])
+    assert migrate.pop("DATABASE_URL") != environments[0]["DATABASE_URL"]
+    assert migrate.pop("POSTGRES_APP_PASSWORD")
+    assert migrate == {k: v for k, v in environments[0].items() if k != "DATABASE_URL"}
 
 
 def test_app_environment():
@@ -257,9 +286,9 @@ def test_app_environment():
     postgres = SERVICES["postgres"]["environment"]
     assert database.scheme in ("postgres", "postgresql")
     assert (database.hostname, database.port) == ("postgres", 5432)
-    assert database.username == postgres["POSTGRES_USER"]
+    assert database.username == postgres["POSTGRES_APP_USER"]
     assert database.path.lstrip("/") == postgres["POSTGRES_DB"]
-    assert "${POSTGRES_PASSWORD:?" in environment["DATABASE_URL"]
+    assert "${POSTGRES_APP_PASSWORD:?" in environment["DATABASE_URL"]
 
     redis = urlsplit(environment["REDIS_URL"])
     assert (redis.scheme, redis.hostname, redis.port) == ("redis", "redis", 6379)
@@ -297,6 +326,9 @@ def test_secrets_are_not_hard_coded():
     value = SERVICES["postgres"]["environment"]["POSTGRES_PASSWORD"]
     assert re.fullmatch(r"\$\{POSTGRES_PASSWORD:\?[^}]+\}", value), value
     database_url = SERVICES["web"]["environment"]["DATABASE_URL"]
+    assert re.fullmatch(r"postgres://registry_app:\$\{POSTGRES_APP_PASSWORD:\?[^}]+\}@[^}]+",
+                        database_url)
+    database_url = SERVICES["migrate"]["environment"]["DATABASE_URL"]
     assert re.fullmatch(r"postgres://registry:\$\{POSTGRES_PASSWORD:\?[^}]+\}@[^}]+", database_url)
 
 
@@ -369,3 +401,49 @@ def test_the_upload_storage_is_the_upload_dir(settings, tmp_path):
     settings.IMPORT_UPLOAD_DIR = tmp_path / "shared"
     name = storages["imports"].save("x.csv", ContentFile(b"a\n"))
     assert (tmp_path / "shared" / name).read_bytes() == b"a\n"
+
+# -- database roles: the app cannot rewrite the audit trail -----------------------------------
+
+
+def _database_user(service: str) -> str:
+    url = SERVICES[service]["environment"]["DATABASE_URL"]
+    return urlsplit(_without_interpolation(url)).username
+
+
+@pytest.mark.parametrize("name", APP_ROLE_SERVICES)
+def test_web_worker_and_beat_connect_as_the_app_role_not_the_owner(name):
+    owner = SERVICES["postgres"]["environment"]["POSTGRES_USER"]
+    assert _database_user(name) == APP_ROLE != owner
+    assert SERVICES[name]["environment"]["DATABASE_APP_ROLE"] == APP_ROLE
+    assert "POSTGRES_PASSWORD" not in SERVICES[name]["environment"]
+    assert "${POSTGRES_PASSWORD" not in SERVICES[name]["environment"]["DATABASE_URL"]
+
+
+def test_migrate_runs_as_the_owner_then_grants_the_app_role():
+    assert _database_user("migrate") == SERVICES["postgres"]["environment"]["POSTGRES_USER"]
+    steps = _shell_steps(_command("migrate"))
+    assert [step[2] for step in steps] == ["migrate", "db_grant_app_role"]
+    grant = get_commands()["db_grant_app_role"]
+    assert grant == "registry"
+    from registry.management.commands.db_grant_app_role import Command
+
+    options = Command().create_parser("manage.py", "db_grant_app_role").parse_args(steps[1][3:])
+    # The role named by the environment the app itself is given.
+    assert (options.role or SERVICES["migrate"]["environment"]["DATABASE_APP_ROLE"]) == APP_ROLE
+    assert options.password_env == "POSTGRES_APP_PASSWORD"
+    assert SERVICES["migrate"]["environment"][options.password_env] == (
+        "${POSTGRES_APP_PASSWORD:?set POSTGRES_APP_PASSWORD}")
+
+
+def test_postgres_creates_the_app_role_with_its_init_script():
+    postgres = SERVICES["postgres"]
+    assert postgres["environment"]["POSTGRES_APP_USER"] == APP_ROLE
+    assert postgres["environment"]["POSTGRES_APP_PASSWORD"].startswith("${POSTGRES_APP_PASSWORD:?")
+    ((source, target),) = _bind_mounts(postgres)
+    assert (ROOT / source).resolve() == INIT_SCRIPT
+    assert target.startswith("/docker-entrypoint-initdb.d/") and target.endswith(".sh")
+    assert any(v.endswith(":ro") for v in postgres["volumes"] if v.startswith("./"))
+    script = INIT_SCRIPT.read_text(encoding="utf-8")
+    assert script.startswith("#!/bin/sh\n") and "set -eu" in script
+    assert "NOSUPERUSER" in script and "PASSWORD :'app_password'" in script
+    assert "$POSTGRES_APP_PASSWORD" in script and APP_ROLE not in script  # named once, above

@@ -28,6 +28,7 @@ from registry.models import (
     DrugAdministration,
     LabResult,
     MappingStatus,
+    RecordStatus,
     Site,
     SiteTerm,
     TermMapping,
@@ -288,6 +289,9 @@ def mapping_approve(
         audited_save(other, acting_user=acting_user, reason=f"superseded: {reason}")
     mapping = TermMapping.objects.filter(site_term=site_term, concept=concept).first()
     if mapping is not None and mapping.status == MappingStatus.APPROVED:
+        # Approving it again re-codes the rows left behind while they were locked.
+        recode(site_term, concept, acting_user=acting_user,
+               reason=f"re-coded {site_term.text!r} after unlock: {concept.code} ({reason})")
         return mapping
     mapping = mapping or TermMapping(site_term=site_term, concept=concept)
     mapping.status, mapping.method, mapping.score = MappingStatus.APPROVED, method, score
@@ -306,18 +310,53 @@ def mapping_approve(
     return mapping
 
 
-def recode(
-    site_term: SiteTerm, concept: Concept | None, *, acting_user: User | None, reason: str
-) -> int:
-    """Point every row that came from `site_term` at `concept`; labs get their canonical value
-    recomputed. Returns how many rows changed."""
-    changed = 0
+@dataclass(frozen=True)
+class LockedRow:
+    """A locked record a re-code left alone: it keeps its old concept until unlocked."""
+
+    site: str
+    registry_id: str
+    kind: str
+    id: int
+
+
+@dataclass(frozen=True)
+class RecodeResult:
+    changed: int
+    locked: tuple[LockedRow, ...] = ()
+
+
+def _locked_rows(rows: list[models.Model]) -> list[LockedRow]:
+    return [LockedRow(site=row.site.code, registry_id=row.patient.registry_id,
+                      kind=row._meta.model_name, id=row.pk) for row in rows]
+
+
+def _rows_to_recode(site_term: SiteTerm, concept: Concept | None):
+    """(model, concept field, rows of `site_term` whose concept is not `concept`) per use."""
     for model, term_field, concept_field in USES[site_term.domain]:
         rows = model.objects.filter(**{term_field: site_term})
         if concept is None:
             rows = rows.filter(**{f"{concept_field}__isnull": False})
         else:
             rows = rows.exclude(**{f"{concept_field}_id": concept.pk})
+        yield model, concept_field, rows
+
+
+@transaction.atomic
+def recode(
+    site_term: SiteTerm, concept: Concept | None, *, acting_user: User | None, reason: str
+) -> RecodeResult:
+    """Point every row that came from `site_term` at `concept`; labs get their canonical value
+    recomputed. Locked records are never changed here (only an unlock opens them): they keep
+    their old concept and are returned in `locked`, and `recode_pending` lists them until they
+    are re-coded: when unlocked (`record_unlock` calls `record_recode`), or by approving the
+    same concept again."""
+    changed = 0
+    locked: list[LockedRow] = []
+    for model, concept_field, rows in _rows_to_recode(site_term, concept):
+        locked += _locked_rows(rows.filter(status=RecordStatus.LOCKED)
+                               .select_related("site", "patient").order_by("pk"))
+        rows = rows.exclude(status=RecordStatus.LOCKED).select_for_update(of=("self",))
         if model is LabResult:
             rows = rows.select_related("lab", "unit")
         rows = list(rows)
@@ -332,6 +371,42 @@ def recode(
         if rows:
             bulk_update_audited(model, rows, fields, acting_user=acting_user, reason=reason)
         changed += len(rows)
+    return RecodeResult(changed=changed, locked=tuple(locked))
+
+
+def recode_pending(site_term: SiteTerm) -> list[LockedRow]:
+    """Records still coded from an earlier meaning of the word: the locked rows a re-code left
+    alone (and, if any was unlocked since, not yet re-coded)."""
+    concept = None if site_term.unmappable else approved_concept(site_term)
+    pending: list[LockedRow] = []
+    for _model, _field, rows in _rows_to_recode(site_term, concept):
+        pending += _locked_rows(rows.select_related("site", "patient").order_by("pk"))
+    return pending
+
+
+def record_recode(instance: models.Model, *, acting_user: User | None,
+                  reason: str = "re-coded after unlock") -> list[str]:
+    """Bring one record's coded values up to its words' current meaning (a row a re-code left
+    alone while it was locked), audited; returns the concept fields changed. A locked record
+    is left alone."""
+    if instance.status == RecordStatus.LOCKED:
+        return []
+    changed = []
+    for uses in USES.values():
+        for model, term_field, concept_field in uses:
+            term = getattr(instance, term_field, None) if isinstance(instance, model) else None
+            if term is None:
+                continue
+            wanted = None if term.unmappable else approved_concept(term)
+            if getattr(instance, f"{concept_field}_id") != (wanted.pk if wanted else None):
+                setattr(instance, concept_field, wanted)
+                changed.append(concept_field)
+    if changed:
+        if isinstance(instance, LabResult):
+            _lab_canonical(instance)
+        instance.version += 1
+        audited_save(instance, acting_user=acting_user,
+                     reason=f"{reason}: {', '.join(changed)} from the current mapping")
     return changed
 
 

@@ -26,6 +26,7 @@ from registry.models import (
     Role,
     TreatmentLine,
 )
+from registry.services.mapping import record_recode
 from registry.services.organisation import require_site_role
 
 DATA_ENTRY_ROLES = (Role.CLERK, Role.MONITOR)
@@ -261,13 +262,16 @@ def record_unlock(instance: models.Model, *, acting_user: User, reason: str) -> 
     require_site_role(acting_user, instance.site, REVIEW_ROLES)
     if not (reason or "").strip():
         raise ValidationFailed("Unlocking needs a reason.", field="reason")
-    return _transition(
+    record = _transition(
         instance,
         to=RecordStatus.SUBMITTED,
         allowed_from=[RecordStatus.LOCKED],
         acting_user=acting_user,
         reason=f"unlocked: {reason.strip()}",
     )
+    # Words re-mapped while it was locked (the re-code left it alone) are re-coded now.
+    record_recode(record, acting_user=acting_user)
+    return record
 
 
 # -- data queries -------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ import pandas as pd
 from django.contrib.auth.models import User
 from django.db import connection, models, transaction
 
-from registry.audit import bulk_create_audited, history_columns
+from registry.audit import bulk_create_audited, history_columns, history_user
 from registry.errors import ValidationFailed
 from registry.models import (
     AdverseEvent,
@@ -125,7 +125,7 @@ class CohortWriter:
 
     def finish(self) -> None:
         """History rows for everything loaded, then the id sequences moved past our ids."""
-        user_id = self.acting_user.pk if self.acting_user else None
+        user_id = history_user(self.acting_user).pk
         with connection.cursor() as cursor:
             for model in CLINICAL_MODELS:
                 table = model._meta.db_table

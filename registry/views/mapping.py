@@ -26,6 +26,7 @@ from registry.services.mapping import (
     USES,
     mapping_reject,
     mapping_review_approve,
+    recode_pending,
     suggest,
     term_mark_unmappable,
 )
@@ -89,6 +90,17 @@ def review_queue(request: HttpRequest) -> HttpResponse:
         "page": page, "rows": rows, "domains": Domain.choices, "domain": domain})
 
 
+def _warn_locked(request: HttpRequest, term: SiteTerm) -> None:
+    """Name the locked records a re-code left on the word's earlier concept."""
+    pending = recode_pending(term)
+    if pending:
+        messages.warning(request, _(
+            "%(n)d locked record(s) keep their earlier concept; they are re-coded when a "
+            "monitor unlocks them: %(rows)s") % {
+            "n": len(pending),
+            "rows": "; ".join(f"{r.site} {r.registry_id} {r.kind} #{r.id}" for r in pending)})
+
+
 @login_required
 @require_POST
 def review_act(request: HttpRequest) -> HttpResponse:
@@ -100,6 +112,7 @@ def review_act(request: HttpRequest) -> HttpResponse:
             concept = get_object_or_404(Concept, pk=request.POST.get("concept"),
                                         domain=term.domain)
             mapping_review_approve(term=term, concept=concept, acting_user=request.user)
+            _warn_locked(request, term)
         elif action == "choose":
             term = get_object_or_404(terms, pk=request.POST.get("term"))
             vocabulary, _sep, code = request.POST.get("concept_code", "").partition(":")
@@ -109,11 +122,13 @@ def review_act(request: HttpRequest) -> HttpResponse:
                 messages.error(request, _("No such concept: choose one from the list."))
                 return redirect(request.META.get("HTTP_REFERER") or "mapping_queue")
             mapping_review_approve(term=term, concept=concept, acting_user=request.user)
+            _warn_locked(request, term)
         elif action == "reject":
             mapping = get_object_or_404(TermMapping.objects.filter(site_term__in=terms),
                                         pk=request.POST.get("mapping"))
             require_site_role(request.user, mapping.site_term.site, REVIEW_ROLES)
             mapping_reject(mapping=mapping, acting_user=request.user)
+            _warn_locked(request, mapping.site_term)
         elif action == "unmappable":
             term = get_object_or_404(terms, pk=request.POST.get("term"))
             term_mark_unmappable(term=term, acting_user=request.user,
