@@ -20,6 +20,7 @@ from registry.services.mapping import (
     recode_pending,
     term_resolve,
 )
+from tests.conftest import persona_password
 from tests.registry import factories
 
 pytestmark = pytest.mark.usefixtures("vocabulary")
@@ -161,8 +162,9 @@ def test_copy_writes_attribute_the_system_account(site_a):
 
 def _lock(record, *, clerk, monitor):
     record = workflow.record_submit(record, acting_user=clerk)
-    record = workflow.record_verify(record, acting_user=monitor, password="pw-" + monitor.username)
-    return workflow.record_lock(record, acting_user=monitor, password="pw-" + monitor.username)
+    password = persona_password(monitor.username)
+    record = workflow.record_verify(record, acting_user=monitor, password=password)
+    return workflow.record_lock(record, acting_user=monitor, password=password)
 
 
 def _drug_rows(site, clerk, n):

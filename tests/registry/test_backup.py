@@ -22,6 +22,7 @@ from registry.dbroles import history_tables
 from registry.models import DrugAdministration, Patient
 from registry.services import workflow
 from registry.services.mapping import mapping_approve
+from tests.conftest import persona_password
 from tests.registry import factories
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True),
@@ -58,8 +59,8 @@ def _audited_records(site_a, site_b, alice, bob, mona):
         factories.full_record(site, clerk)
     drug = DrugAdministration.objects.filter(site=site_a).first()
     drug = workflow.record_submit(drug, acting_user=alice)
-    drug = workflow.record_verify(drug, acting_user=mona, password="pw-mona")
-    workflow.record_lock(drug, acting_user=mona, password="pw-mona")
+    drug = workflow.record_verify(drug, acting_user=mona, password=persona_password("mona"))
+    workflow.record_lock(drug, acting_user=mona, password=persona_password("mona"))
     mapping_approve(site_term=drug.drug_term,
                     concept=type(drug.drug).objects.get(code="L01XA02"), acting_user=mona,
                     reason="restore drill re-code")

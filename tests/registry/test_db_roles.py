@@ -21,6 +21,7 @@ from registry.dbroles import (
 )
 from registry.models import DrugAdministration, Patient, Site
 from registry.services import workflow
+from tests.conftest import persona_password
 from tests.registry import factories
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
@@ -128,8 +129,8 @@ def test_a_service_write_works_as_the_app_role(app_role, site_a, alice, mona):
         patient = factories.full_record(site_a, alice)  # every kind, a mapping, a query
         drug = DrugAdministration.objects.get(patient=patient)
         drug = workflow.record_submit(drug, acting_user=alice)
-        drug = workflow.record_verify(drug, acting_user=mona, password="pw-mona")
-        drug = workflow.record_lock(drug, acting_user=mona, password="pw-mona")
+        drug = workflow.record_verify(drug, acting_user=mona, password=persona_password("mona"))
+        drug = workflow.record_lock(drug, acting_user=mona, password=persona_password("mona"))
         factories.patient(site_a, alice)
     assert Patient.objects.count() == 2
     assert DrugAdministration.objects.get(pk=drug.pk).status == "locked"
