@@ -49,6 +49,7 @@ from registry.models import (
     UnitConversion,
     Vocabulary,
 )
+from registry.services.organisation import staff_grant_for_role
 
 # The audit trail's reason column (django-simple-history's), read from the column itself so the
 # form can never accept a reason the database would refuse.
@@ -271,6 +272,11 @@ class MembershipAdmin(ReferenceAdmin):
 
     def get_queryset(self, request):
         return access.memberships_visible(request.user)
+
+    def save_model(self, request, obj, form, change):
+        super().save_model(request, obj, form, change)
+        if obj.is_active:
+            staff_grant_for_role(user=obj.user, role=obj.role)
 
 
 # Clinical records: read-only, scoped.
