@@ -35,7 +35,7 @@ from registry.models import (
     Vocabulary,
 )
 from registry.services import workflow
-from registry.services.organisation import department_get_or_create, user_add
+from registry.services.organisation import department_get_or_create, membership_grant, user_add
 from tests.registry import factories
 
 pytestmark = [pytest.mark.postgres]
@@ -448,6 +448,53 @@ def test_the_registry_admin_cannot_grant_superuser_or_edit_a_superuser(client, w
     root_data = _changed(User, root, world)
     assert client.post(f"/admin/auth/user/{root.pk}/change/", root_data).status_code == 403
     assert User.objects.get(pk=root.pk).first_name == ""
+
+
+def test_a_registry_admin_granted_in_the_admin_can_work_there(client, world, ada, carol):
+    client.force_login(ada)
+    response = client.post("/admin/registry/membership/add/", {
+        "user": carol.pk, "role": Role.ADMIN, "site": "", "is_active": "on",
+        "change_reason": "second registry admin"})
+    assert response.status_code == 302
+    granted = Membership.objects.get(user=carol, role=Role.ADMIN)
+    assert granted.history.latest().history_change_reason == "second registry admin"
+    client.force_login(User.objects.get(pk=carol.pk))
+    assert client.get("/admin/registry/patient/").status_code == 200
+
+
+def test_a_role_granted_by_the_service_opens_the_admin_to_a_registry_admin(db, carol):
+    assert not carol.is_staff
+    membership_grant(user=carol, role=Role.ADMIN, site=None, acting_user=None)
+    assert User.objects.get(pk=carol.pk).is_staff
+
+
+def test_bulk_delete_leaves_a_reason_on_each_row(client, world, ada):
+    voc = world["targets"][Vocabulary]
+    spare = [audited_save(Concept(vocabulary=voc, code=f"x{i}", domain="unit", name_en="x"),
+                          acting_user=ada, reason="spare") for i in range(2)]
+    client.force_login(ada)
+    response = client.post("/admin/registry/concept/", {
+        "action": "delete_selected", "_selected_action": [c.pk for c in spare], "post": "yes"})
+    assert response.status_code == 302
+    assert not Concept.objects.filter(pk__in=[c.pk for c in spare]).exists()
+    rows = Concept.history.filter(id__in=[c.pk for c in spare], history_type="-")
+    assert sorted((r.history_change_reason, r.history_user_id) for r in rows) == [
+        (DELETED_IN_ADMIN, ada.pk)] * 2
+
+
+def test_admin_pages_work_in_chinese(client, world, ada, mona_staff):
+    site = world["targets"][Site]
+    client.force_login(ada)
+    page = client.get(f"/admin/registry/site/{site.pk}/change/", HTTP_ACCEPT_LANGUAGE="zh-hans")
+    assert page.status_code == 200
+    assert "保存" in page.text
+    client.force_login(mona_staff)
+    patient = world["patient_a"]
+    version = patient.history.earliest("history_date")
+    page = client.get(f"/admin/registry/patient/{patient.pk}/history/{version.history_id}/",
+                      HTTP_ACCEPT_LANGUAGE="zh-hans")
+    assert page.status_code == 200
+    assert patient.registry_id in page.text
 
 
 # Writes outside the test's wrapping transaction: the admin's own transaction must hold.
