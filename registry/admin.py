@@ -15,13 +15,15 @@ Another site's row is not found anywhere (change, delete, history, a past versio
 history pages are scoped like the rows, and reverting to a past version is turned off.
 """
 
+import math
+
 from django import forms
 from django.contrib import admin
 from django.contrib.admin.utils import unquote
 from django.contrib.auth.admin import UserAdmin
 from django.contrib.auth.models import User
-from django.core.exceptions import PermissionDenied, ValidationError
-from django.db import transaction
+from django.core.exceptions import BadRequest, PermissionDenied, ValidationError
+from django.db import models, transaction
 from django.http import Http404
 from django.utils.translation import gettext_lazy as _
 from simple_history.admin import SimpleHistoryAdmin
@@ -84,6 +86,40 @@ def _choices_for(model, user):
     return None
 
 
+def _refuse_nul_bytes(request) -> None:
+    # PostgreSQL text cannot hold NUL: a filter or search holding one would be a server error.
+    if any("\x00" in key or "\x00" in value
+           for key, values in request.GET.lists() for value in values):
+        raise BadRequest(_("A query parameter holds a NUL character, which is not allowed."))
+
+
+def _jsonb_problem(value) -> str | None:
+    if isinstance(value, float) and not math.isfinite(value):
+        return _("Numbers must be finite: NaN and Infinity are not allowed.")
+    if isinstance(value, str) and "\x00" in value:
+        return _("Text may not contain a NUL character.")
+    items = value.items() if isinstance(value, dict) else (
+        enumerate(value) if isinstance(value, list) else ())
+    for key, item in items:
+        problem = _jsonb_problem(key) or _jsonb_problem(item)
+        if problem:
+            return problem
+    return None
+
+
+class JsonbFormField(forms.JSONField):
+    """JSON that PostgreSQL's jsonb can hold (finite numbers, no NUL character); empty is {}."""
+
+    def to_python(self, value):
+        if not self.disabled and value in self.empty_values:
+            return {}
+        converted = super().to_python(value)
+        problem = None if self.disabled else _jsonb_problem(converted)
+        if problem:
+            raise ValidationError(problem, code="invalid")
+        return converted
+
+
 class ReasonForm(forms.ModelForm):
     change_reason = forms.CharField(
         label=_("Reason for the change"),
@@ -92,7 +128,27 @@ class ReasonForm(forms.ModelForm):
     )
 
 
-class RegistryAdmin(SimpleHistoryAdmin):
+class RefuseNulBytes:
+    """Every view of a ModelAdmin: a NUL character in the query string is a clear 400."""
+
+    def changelist_view(self, request, extra_context=None):
+        _refuse_nul_bytes(request)
+        return super().changelist_view(request, extra_context)
+
+    def changeform_view(self, request, object_id=None, form_url="", extra_context=None):
+        _refuse_nul_bytes(request)
+        return super().changeform_view(request, object_id, form_url, extra_context)
+
+    def delete_view(self, request, object_id, extra_context=None):
+        _refuse_nul_bytes(request)
+        return super().delete_view(request, object_id, extra_context)
+
+    def history_view(self, request, object_id, extra_context=None):
+        _refuse_nul_bytes(request)
+        return super().history_view(request, object_id, extra_context)
+
+
+class RegistryAdmin(RefuseNulBytes, SimpleHistoryAdmin):
     """Read-only and scoped by default; roles, not Django permissions, decide what is shown.
 
     Subclasses that hold site-bound rows scope `get_queryset`; the history pages reuse that rule
@@ -100,6 +156,7 @@ class RegistryAdmin(SimpleHistoryAdmin):
     """
 
     form = forms.ModelForm
+    formfield_overrides = {models.JSONField: {"form_class": JsonbFormField}}
 
     # Permissions: roles only.
 
@@ -156,6 +213,7 @@ class RegistryAdmin(SimpleHistoryAdmin):
         return super().history_view(request, str(pk), extra_context)
 
     def history_form_view(self, request, object_id, version_id, extra_context=None):
+        _refuse_nul_bytes(request)
         history_model = get_history_model_for_model(self.model)
         pk = self._pk_or_404(self.model._meta.pk, object_id)
         history_id = self._pk_or_404(history_model._meta.pk, version_id)
@@ -400,7 +458,7 @@ admin.site.unregister(User)
 
 
 @admin.register(User)
-class RegistryUserAdmin(UserAdmin):
+class RegistryUserAdmin(RefuseNulBytes, UserAdmin):
     _ROLE_FREE_FIELDS = {"is_superuser", "groups", "user_permissions"}
 
     def has_module_permission(self, request):

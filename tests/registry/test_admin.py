@@ -497,6 +497,61 @@ def test_admin_pages_work_in_chinese(client, world, ada, mona_staff):
     assert patient.registry_id in page.text
 
 
+# Hostile input: a clear refusal, never a server error, nothing written.
+
+HOSTILE_VALUES = ["\x00", "a\x00b", "x" * 100_000, "-1", "NaN", "Infinity", "1e400",
+                  "99999999999999999999999", "9999-12-31", '{"a": "\\u0000"}', ""]
+
+
+@pytest.mark.parametrize("model", ADMIN_MODELS, ids=lambda m: m.__name__)
+def test_hostile_query_parameters_are_refused_clearly(client, world, ada, model):
+    client.force_login(ada)
+    url = _url(model, "changelist")
+    model_admin = django_admin.site._registry[model]
+    filters = [f if isinstance(f, str) else f[0] for f in model_admin.list_filter]
+    for name in ["q", *filters, *(f"{f}__exact" for f in filters)]:
+        response = client.get(url, {name: "a\x00"})
+        assert response.status_code == 400, (name, response.status_code)
+    for query in ["o=abc", "o=99", "p=999999", "p=-1", "site__id__exact=abc",
+                  "_to_field=password", "e=1", "q=" + "x" * 100_000, "id__gte=NaN"]:
+        assert client.get(f"{url}?{query}").status_code < 500, query
+    target = world["targets"][model]
+    change = _url(model, "change", target.pk, "change")
+    assert client.get(change, {"_changelist_filters": "a\x00"}).status_code == 400
+
+
+@pytest.mark.parametrize("model", [*EDITABLE, User], ids=lambda m: m.__name__)
+def test_hostile_form_values_are_refused_at_the_field(client, world, ada, model):
+    """Every field of the registry admin's forms, each hostile value in turn: accepted, or
+    refused with the form shown again (200) and nothing written; never a server error."""
+    target = world["targets"][model]
+    url = _url(model, "change", target.pk, "change")
+    base = _changed(model, target, world)
+    client.force_login(ada)
+    for field in [f for f in base if not f.startswith("synonyms-")]:
+        for value in HOSTILE_VALUES:
+            before = _snapshot(model)
+            response = client.post(url, {**base, field: value})
+            assert response.status_code in (200, 302), (field, value[:20])
+            if response.status_code == 200:
+                assert response.context["adminform"].form.errors, (field, value[:20])
+                assert _snapshot(model) == before, (field, value[:20])
+
+
+def test_concept_attributes_must_be_json_that_postgresql_holds(client, world, ada):
+    concept = world["targets"][Concept]
+    url = _url(Concept, "change", concept.pk, "change")
+    base = _changed(Concept, concept, world)
+    client.force_login(ada)
+    for value in ['{"low": NaN}', '{"high": Infinity}', '[1e400]', '{"a\\u0000": 1}']:
+        response = client.post(url, {**base, "attributes": value})
+        assert response.status_code == 200, value
+        assert "attributes" in response.context["adminform"].form.errors, value
+        assert Concept.objects.get(pk=concept.pk).attributes == concept.attributes
+    assert client.post(url, {**base, "attributes": ""}).status_code == 302
+    assert Concept.objects.get(pk=concept.pk).attributes == {}
+
+
 # Writes outside the test's wrapping transaction: the admin's own transaction must hold.
 
 @pytest.mark.django_db(transaction=True)
