@@ -21,7 +21,7 @@ from django import forms
 from django.contrib import admin
 from django.contrib.admin.utils import unquote
 from django.contrib.auth.admin import UserAdmin
-from django.contrib.auth.models import User
+from django.contrib.auth.models import Group, User
 from django.core.exceptions import BadRequest, PermissionDenied, ValidationError
 from django.db import models, transaction
 from django.http import Http404
@@ -454,6 +454,7 @@ class UnitConversionAdmin(ReferenceAdmin):
 # People. Their roles are memberships (above), not Django's groups or permissions, which the
 # registry does not read; people are deactivated, never deleted, so their audit rows keep a name.
 
+admin.site.unregister(Group)
 admin.site.unregister(User)
 
 

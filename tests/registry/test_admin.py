@@ -592,3 +592,5 @@ def test_every_registry_model_is_in_the_admin():
     models = {m for m in apps.get_app_config("registry").get_models()
               if not m.__name__.startswith("Historical")}
     assert models - set(REGISTRY_MODELS) == {ConceptSynonym}  # edited inline in Concept
+    # Roles live in memberships: Django's groups (and permissions) are not offered at all.
+    assert set(django_admin.site._registry) == set(ADMIN_MODELS)
