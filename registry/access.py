@@ -136,12 +136,6 @@ def scope_history(queryset: QuerySet, user: AnyUser) -> QuerySet:
     return queryset.filter(condition)
 
 
-def departments_visible(user: AnyUser) -> QuerySet[Department]:
-    ids = site_ids_for(user)
-    queryset = Department.objects.all()
-    return queryset if ids is None else queryset.filter(site_id__in=ids)
-
-
 def _get_or_404(queryset: QuerySet, **lookup) -> Model:
     try:
         return queryset.get(**lookup)
@@ -201,6 +195,12 @@ def queries_visible(user: AnyUser) -> QuerySet[DataQuery]:
 
 def imports_visible(user: AnyUser, roles: Iterable[str] | None = None) -> QuerySet[ImportBatch]:
     return scope(ImportBatch.objects.all(), user, roles=roles)
+
+
+def departments_visible(user: AnyUser) -> QuerySet[Department]:
+    ids = site_ids_for(user)
+    queryset = Department.objects.all()
+    return queryset if ids is None else queryset.filter(site_id__in=ids)
 
 
 def memberships_visible(user: AnyUser) -> QuerySet[Membership]:

@@ -178,10 +178,13 @@ class RegistryAdmin(RefuseNulBytes, SimpleHistoryAdmin):
     # Another site's row (or a malformed id) is not found: a 404, not the admin's redirect that
     # would tell "perhaps it was deleted".
 
+    def _not_found(self) -> Http404:
+        return Http404(f"No {self.model._meta.verbose_name} matches the given query.")
+
     def get_object(self, request, object_id, from_field=None):
         obj = super().get_object(request, object_id, from_field)
         if obj is None:
-            raise Http404(f"No {self.model._meta.verbose_name} matches the given query.")
+            raise self._not_found()
         return obj
 
     def formfield_for_foreignkey(self, db_field, request, **kwargs):
@@ -206,7 +209,7 @@ class RegistryAdmin(RefuseNulBytes, SimpleHistoryAdmin):
         try:
             return field.to_python(unquote(value))
         except ValidationError:
-            raise Http404(f"No {self.model._meta.verbose_name} matches the given query.") from None
+            raise self._not_found() from None
 
     def history_view(self, request, object_id, extra_context=None):
         pk = self._pk_or_404(self.model._meta.pk, object_id)
@@ -219,7 +222,7 @@ class RegistryAdmin(RefuseNulBytes, SimpleHistoryAdmin):
         history_id = self._pk_or_404(history_model._meta.pk, version_id)
         versions = access.scope_history(history_model.objects.all(), request.user)
         if not versions.filter(**{self.model._meta.pk.attname: pk, "pk": history_id}).exists():
-            raise Http404(f"No {self.model._meta.verbose_name} matches the given query.")
+            raise self._not_found()
         if request.method not in ("GET", "HEAD"):
             raise PermissionDenied(_("Reverting to an earlier version is turned off."))
         request._viewing_history = True

@@ -77,6 +77,7 @@ def world(vocabulary, site_a, site_b, alice, bob, ada, mona_staff, mel):
     """A full record at each site, and one row of site A (or of the registry) per model."""
     patient_a = factories.full_record(site_a, alice)
     factories.full_record(site_b, bob)
+    department_get_or_create(site=site_b, name="Ward B", acting_user=bob)
     voc = audited_save(Vocabulary(code="TESTVOC", name="Test vocabulary"),
                        acting_user=ada, reason="test vocabulary")
     unit_from, unit_to, lab = (
@@ -319,6 +320,22 @@ def test_history_of_another_sites_record_is_not_found_and_cannot_be_reverted(cli
     assert Patient.objects.get(pk=patient.pk).site.code == "SITE-A"
 
 
+@pytest.mark.parametrize("model", REGISTRY_MODELS, ids=lambda m: m.__name__)
+def test_scope_history_keeps_each_site_to_its_own_past(world, model, mel, mona_staff, ada):
+    history = get_history_model_for_model(model).objects.all()
+    lookup = access.site_lookup(model)
+    if lookup is None:  # registry-wide reference data: one history for everybody
+        assert access.scope_history(history, mel).count() == history.count()
+        return
+    site_a, site_b = Site.objects.get(code="SITE-A"), Site.objects.get(code="SITE-B")
+    seen_by_b = set(access.scope_history(history, mel).values_list(lookup, flat=True))
+    seen_by_a = set(access.scope_history(history, mona_staff).values_list(lookup, flat=True))
+    assert seen_by_a == {site_a.pk}
+    assert site_b.pk in seen_by_b
+    assert site_a.pk not in seen_by_b
+    assert access.scope_history(history, ada).count() == history.count()
+
+
 def test_history_of_a_deleted_row_of_another_site_is_not_found(client, world, mel, ada):
     department = world["targets"][Department]
     pk = department.pk
@@ -344,7 +361,6 @@ def test_revert_of_an_own_sites_record_is_refused(client, world, mona_staff):
 
 def test_change_form_offers_only_the_users_sites(world, mel, site_b):
     """The FK choices of every admin form are the user's own sites' rows."""
-    department_get_or_create(site=site_b, name="Ward B", acting_user=None)
     request = RequestFactory().get("/")
     request.user = mel
     for model in (Patient, Department, Diagnosis, SiteTerm, DataQuery, ImportBatch):
@@ -575,6 +591,18 @@ def test_reference_edit_and_refused_revert_outside_a_test_transaction(
     assert client.post(f"/admin/registry/concept/{concept.pk}/change/", data).status_code == 302
     synonym = ConceptSynonym.objects.get(concept=concept, name="肺癌测试")
     assert synonym.history.latest().history_change_reason == "a synonym seen at site A"
+
+    response = client.post("/admin/registry/department/add/", {
+        "site": site_a.pk, "name": "Radiotherapy", "change_reason": "new ward opened"})
+    assert response.status_code == 302
+    ward = Department.objects.get(site=site_a, name="Radiotherapy")
+    assert ward.history.latest().history_change_reason == "new ward opened"
+    response = client.post(f"/admin/registry/department/{ward.pk}/delete/", {"post": "yes"})
+    assert response.status_code == 302
+    assert not Department.objects.filter(pk=ward.pk).exists()
+    gone = Department.history.filter(id=ward.pk).latest("history_date", "history_id")
+    assert (gone.history_type, gone.history_change_reason, gone.history_user) == (
+        "-", DELETED_IN_ADMIN, ada)
 
     client.force_login(mona)
     first = Site.history.filter(id=site_a.pk).earliest("history_date")
