@@ -10,13 +10,14 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from django.contrib.auth.models import AnonymousUser, User
-from django.db.models import Model, QuerySet
+from django.db.models import Model, Q, QuerySet
 from django.http import Http404
 
 from registry.models import (
     AdverseEvent,
     Cycle,
     DataQuery,
+    Department,
     Diagnosis,
     DrugAdministration,
     FollowUp,
@@ -99,6 +100,42 @@ def scope(queryset: QuerySet, user: AnyUser, *, roles: Iterable[str] | None = No
     return queryset.filter(site_id__in=ids)
 
 
+# Where a row of each site-bound model keeps its site, as a lookup that also works on the
+# model's historical rows (a historical row carries the site the row had at that time).
+_SITE_LOOKUPS: dict[type[Model], str] = {
+    **{model: "site_id" for model in SITE_OWNED_MODELS},
+    Site: "id",
+    TermMapping: "site_term__site_id",
+    Department: "site_id",
+    Membership: "site_id",
+}
+
+
+def site_lookup(model: type[Model]) -> str | None:
+    """The lookup from a row of `model` to its site id; None for registry-wide reference data."""
+    return _SITE_LOOKUPS.get(model)
+
+
+def scope_history(queryset: QuerySet, user: AnyUser) -> QuerySet:
+    """Restrict historical rows (django-simple-history) to those recorded at the user's sites.
+
+    A row's history is scoped like the row: another site's past versions do not exist for the
+    user, even of a row since deleted. Histories of registry-wide reference data are left whole;
+    a membership's history follows memberships_visible (the user's own, and their sites').
+    """
+    ids = site_ids_for(user)
+    if ids is None:
+        return queryset
+    model = queryset.model.instance_type
+    lookup = site_lookup(model)
+    if lookup is None:
+        return queryset
+    condition = Q(**{f"{lookup}__in": ids})
+    if model is Membership:
+        condition |= Q(user_id=user.pk)
+    return queryset.filter(condition)
+
+
 def _get_or_404(queryset: QuerySet, **lookup) -> Model:
     try:
         return queryset.get(**lookup)
@@ -158,6 +195,12 @@ def queries_visible(user: AnyUser) -> QuerySet[DataQuery]:
 
 def imports_visible(user: AnyUser, roles: Iterable[str] | None = None) -> QuerySet[ImportBatch]:
     return scope(ImportBatch.objects.all(), user, roles=roles)
+
+
+def departments_visible(user: AnyUser) -> QuerySet[Department]:
+    ids = site_ids_for(user)
+    queryset = Department.objects.all()
+    return queryset if ids is None else queryset.filter(site_id__in=ids)
 
 
 def memberships_visible(user: AnyUser) -> QuerySet[Membership]:

@@ -1,12 +1,33 @@
 """Django admin for every registry model, scoped through registry.access like everything else.
 
-Admin writes go through the ModelAdmin's save, which simple-history records with the request's
-user; the change reason is asked for in the form.
+Who may do what here is decided by registry roles (registry.access), never by Django's model
+permissions or groups, so a role is the single source of truth:
+
+- a registry admin sees everything and manages the registry-wide reference data: sites,
+  departments, people and their memberships, vocabularies, concepts and unit conversions; every
+  change asks for a reason, kept in the audit trail;
+- a staff member holding a site role sees the rows of their own sites, read-only;
+- clinical records (patients and every clinical kind, data queries, import batches, the sites'
+  words and their mappings) are read-only for everyone: they change through the audited
+  services, which check the workflow (locks, versions) that a plain model form does not.
+
+Another site's row is not found anywhere (change, delete, history, a past version): a 404. The
+history pages are scoped like the rows, and reverting to a past version is turned off.
 """
+
+import math
 
 from django import forms
 from django.contrib import admin
+from django.contrib.admin.utils import unquote
+from django.contrib.auth.admin import UserAdmin
+from django.contrib.auth.models import Group, User
+from django.core.exceptions import BadRequest, PermissionDenied, ValidationError
+from django.db import models, transaction
+from django.http import Http404
+from django.utils.translation import gettext_lazy as _
 from simple_history.admin import SimpleHistoryAdmin
+from simple_history.utils import get_history_model_for_model
 
 from registry import access
 from registry.models import (
@@ -30,64 +51,282 @@ from registry.models import (
     UnitConversion,
     Vocabulary,
 )
+from registry.services.organisation import staff_grant_for_role
+
+# The audit trail's reason column (django-simple-history's), read from the column itself so the
+# form can never accept a reason the database would refuse.
+CHANGE_REASON_MAX_LENGTH = (
+    get_history_model_for_model(Site)._meta.get_field("history_change_reason").max_length
+)
+DELETED_IN_ADMIN = "deleted in admin"
+
+
+def _is_registry_admin(request) -> bool:
+    # Asked many times per page; the roles cannot change during one request.
+    if not hasattr(request, "_registry_admin"):
+        request._registry_admin = access.is_registry_admin(request.user)
+    return request._registry_admin
+
+
+def _may_view(request) -> bool:
+    """Registry admins, and staff holding a role at one of their active sites."""
+    if not hasattr(request, "_registry_viewer"):
+        request._registry_viewer = _is_registry_admin(request) or bool(
+            access.site_ids_for(request.user)
+        )
+    return request._registry_viewer
+
+
+def _choices_for(model, user):
+    """The rows of `model` a form may offer the user; None when `model` is not site-bound."""
+    if model is Department:
+        return access.departments_visible(user)
+    if model in access.SELECTORS:
+        return access.SELECTORS[model](user)
+    return None
+
+
+def _refuse_nul_bytes(request) -> None:
+    # PostgreSQL text cannot hold NUL: a filter or search holding one would be a server error.
+    if any("\x00" in key or "\x00" in value
+           for key, values in request.GET.lists() for value in values):
+        raise BadRequest(_("A query parameter holds a NUL character, which is not allowed."))
+
+
+def _jsonb_problem(value) -> str | None:
+    if isinstance(value, float) and not math.isfinite(value):
+        return _("Numbers must be finite: NaN and Infinity are not allowed.")
+    if isinstance(value, str) and "\x00" in value:
+        return _("Text may not contain a NUL character.")
+    items = value.items() if isinstance(value, dict) else (
+        enumerate(value) if isinstance(value, list) else ())
+    for key, item in items:
+        problem = _jsonb_problem(key) or _jsonb_problem(item)
+        if problem:
+            return problem
+    return None
+
+
+class JsonbFormField(forms.JSONField):
+    """JSON that PostgreSQL's jsonb can hold (finite numbers, no NUL character); empty is {}."""
+
+    def to_python(self, value):
+        if not self.disabled and value in self.empty_values:
+            return {}
+        converted = super().to_python(value)
+        problem = None if self.disabled else _jsonb_problem(converted)
+        if problem:
+            raise ValidationError(problem, code="invalid")
+        return converted
 
 
 class ReasonForm(forms.ModelForm):
     change_reason = forms.CharField(
-        max_length=500, help_text="Why is this change being made? Kept in the audit trail."
+        label=_("Reason for the change"),
+        max_length=CHANGE_REASON_MAX_LENGTH,
+        help_text=_("Why is this change being made? Kept in the audit trail."),
     )
 
 
-class AuditedAdmin(SimpleHistoryAdmin):
-    form = ReasonForm
+class RefuseNulBytes:
+    """Every view of a ModelAdmin: a NUL character in the query string is a clear 400."""
 
-    def save_model(self, request, obj, form, change):
-        obj._change_reason = form.cleaned_data["change_reason"]
-        super().save_model(request, obj, form, change)
+    def changelist_view(self, request, extra_context=None):
+        _refuse_nul_bytes(request)
+        return super().changelist_view(request, extra_context)
 
-    def delete_model(self, request, obj):
-        obj._change_reason = "deleted in admin"
-        super().delete_model(request, obj)
+    def changeform_view(self, request, object_id=None, form_url="", extra_context=None):
+        _refuse_nul_bytes(request)
+        return super().changeform_view(request, object_id, form_url, extra_context)
+
+    def delete_view(self, request, object_id, extra_context=None):
+        _refuse_nul_bytes(request)
+        return super().delete_view(request, object_id, extra_context)
+
+    def history_view(self, request, object_id, extra_context=None):
+        _refuse_nul_bytes(request)
+        return super().history_view(request, object_id, extra_context)
 
 
-class ScopedAdmin(AuditedAdmin):
-    """Lists and opens only rows of the user's sites; another site's row is not found."""
+class RegistryAdmin(RefuseNulBytes, SimpleHistoryAdmin):
+    """Read-only and scoped by default; roles, not Django permissions, decide what is shown.
+
+    Subclasses that hold site-bound rows scope `get_queryset`; the history pages reuse that rule
+    through access.scope_history.
+    """
+
+    form = forms.ModelForm
+    formfield_overrides = {models.JSONField: {"form_class": JsonbFormField}}
+
+    # Permissions: roles only.
+
+    def has_module_permission(self, request):
+        return _may_view(request)
+
+    def has_view_permission(self, request, obj=None):
+        return _may_view(request)
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    # Another site's row (or a malformed id) is not found: a 404, not the admin's redirect that
+    # would tell "perhaps it was deleted".
+
+    def _not_found(self) -> Http404:
+        return Http404(f"No {self.model._meta.verbose_name} matches the given query.")
+
+    def get_object(self, request, object_id, from_field=None):
+        obj = super().get_object(request, object_id, from_field)
+        if obj is None:
+            raise self._not_found()
+        return obj
+
+    def formfield_for_foreignkey(self, db_field, request, **kwargs):
+        choices = _choices_for(db_field.related_model, request.user)
+        if choices is not None:
+            kwargs["queryset"] = choices
+        return super().formfield_for_foreignkey(db_field, request, **kwargs)
+
+    # History: scoped like the rows; reverting is turned off (a past version would be written
+    # back without the workflow's checks).
+
+    def get_history_queryset(self, request, history_manager, pk_name, object_id):
+        return access.scope_history(
+            super().get_history_queryset(request, history_manager, pk_name, object_id),
+            request.user,
+        )
+
+    def revert_disabled(self, request, obj=None):
+        return True
+
+    def _pk_or_404(self, field, value):
+        try:
+            return field.to_python(unquote(value))
+        except ValidationError:
+            raise self._not_found() from None
+
+    def history_view(self, request, object_id, extra_context=None):
+        pk = self._pk_or_404(self.model._meta.pk, object_id)
+        return super().history_view(request, str(pk), extra_context)
+
+    def history_form_view(self, request, object_id, version_id, extra_context=None):
+        _refuse_nul_bytes(request)
+        history_model = get_history_model_for_model(self.model)
+        pk = self._pk_or_404(self.model._meta.pk, object_id)
+        history_id = self._pk_or_404(history_model._meta.pk, version_id)
+        versions = access.scope_history(history_model.objects.all(), request.user)
+        if not versions.filter(**{self.model._meta.pk.attname: pk, "pk": history_id}).exists():
+            raise self._not_found()
+        if request.method not in ("GET", "HEAD"):
+            raise PermissionDenied(_("Reverting to an earlier version is turned off."))
+        request._viewing_history = True
+        return super().history_form_view(request, str(pk), str(history_id), extra_context)
+
+    def get_readonly_fields(self, request, obj=None):
+        if getattr(request, "_viewing_history", False):
+            editable = [f.name for f in self.model._meta.fields if f.editable and not f.primary_key]
+            return editable + [f for f in self.readonly_fields if f not in editable]
+        return super().get_readonly_fields(request, obj)
+
+    def get_fields(self, request, obj=None):
+        fields = super().get_fields(request, obj)
+        if getattr(request, "_viewing_history", False):
+            return [name for name in fields if name != "change_reason"]
+        return fields
+
+
+class ScopedReadOnlyAdmin(RegistryAdmin):
+    """Clinical records and the sites' own data: listed and opened at the user's sites only."""
 
     def get_queryset(self, request):
         return access.scope(super().get_queryset(request), request.user)
 
 
-class RegistryWideAdmin(AuditedAdmin):
-    """Shared reference data (vocabularies): readable by staff, changed by registry admins."""
+class ReferenceAdmin(RegistryAdmin):
+    """Registry-wide reference data: readable by staff with a role, changed by registry admins,
+    each change with a reason kept in the audit trail."""
+
+    form = ReasonForm
+
+    def has_add_permission(self, request, obj=None):
+        return _is_registry_admin(request)
 
     def has_change_permission(self, request, obj=None):
-        return access.is_registry_admin(request.user)
+        return _is_registry_admin(request)
 
-    has_add_permission = has_delete_permission = (
-        lambda self, request, obj=None: access.is_registry_admin(request.user)
-    )
+    def has_delete_permission(self, request, obj=None):
+        return _is_registry_admin(request)
 
+    def save_model(self, request, obj, form, change):
+        obj._change_reason = form.cleaned_data["change_reason"]
+        super().save_model(request, obj, form, change)
+
+    def save_formset(self, request, form, formset, change):
+        # Inline rows (kept, changed or deleted) are part of the same change: its reason and user.
+        for inline_form in formset.forms:
+            inline_form.instance._change_reason = form.cleaned_data["change_reason"]
+            inline_form.instance._history_user = request.user
+        super().save_formset(request, form, formset, change)
+
+    def delete_model(self, request, obj):
+        obj._change_reason = DELETED_IN_ADMIN
+        obj._history_user = request.user
+        super().delete_model(request, obj)
+
+    def delete_queryset(self, request, queryset):
+        # One by one, so that each deletion leaves its audit row with the user and a reason.
+        with transaction.atomic():
+            for obj in queryset:
+                self.delete_model(request, obj)
+
+
+class ReferenceInline(admin.TabularInline):
+    """Rows edited inside a reference-data form: the same rule as the form they sit in."""
+
+    extra = 0
+
+    def has_view_permission(self, request, obj=None):
+        return _may_view(request)
+
+    def has_add_permission(self, request, obj=None):
+        return _is_registry_admin(request)
+
+    def has_change_permission(self, request, obj=None):
+        return _is_registry_admin(request)
+
+    def has_delete_permission(self, request, obj=None):
+        return _is_registry_admin(request)
+
+
+# Organisation: registry-wide reference data, scoped for readers.
 
 @admin.register(Site)
-class SiteAdmin(ScopedAdmin):
+class SiteAdmin(ReferenceAdmin):
     list_display = ["code", "name", "province", "tier", "is_active"]
     search_fields = ["code", "name", "province"]
     list_filter = ["tier", "is_active"]
 
+    def get_queryset(self, request):
+        return access.scope(super().get_queryset(request), request.user)
+
 
 @admin.register(Department)
-class DepartmentAdmin(AuditedAdmin):
+class DepartmentAdmin(ReferenceAdmin):
     list_display = ["name", "site"]
     search_fields = ["name", "site__code"]
 
     def get_queryset(self, request):
-        ids = access.site_ids_for(request.user)
-        qs = super().get_queryset(request)
-        return qs if ids is None else qs.filter(site_id__in=ids)
+        return access.departments_visible(request.user)
 
 
 @admin.register(Membership)
-class MembershipAdmin(AuditedAdmin):
+class MembershipAdmin(ReferenceAdmin):
     list_display = ["user", "role", "site", "is_active"]
     list_filter = ["role", "is_active"]
     search_fields = ["user__username", "site__code"]
@@ -95,9 +334,16 @@ class MembershipAdmin(AuditedAdmin):
     def get_queryset(self, request):
         return access.memberships_visible(request.user)
 
+    def save_model(self, request, obj, form, change):
+        super().save_model(request, obj, form, change)
+        if obj.is_active:
+            staff_grant_for_role(user=obj.user, role=obj.role)
+
+
+# Clinical records: read-only, scoped.
 
 @admin.register(Patient)
-class PatientAdmin(ScopedAdmin):
+class PatientAdmin(ScopedReadOnlyAdmin):
     list_display = ["registry_id", "site", "sex", "birth_year", "status", "withdrawn_date"]
     list_filter = ["status", "sex", "consent_scope"]
     search_fields = ["registry_id"]
@@ -105,7 +351,7 @@ class PatientAdmin(ScopedAdmin):
     raw_id_fields = ["department"]
 
 
-class ClinicalAdmin(ScopedAdmin):
+class ClinicalAdmin(ScopedReadOnlyAdmin):
     list_filter = ["status"]
     readonly_fields = ["version"]
     search_fields = ["patient__registry_id"]
@@ -154,32 +400,49 @@ class FollowUpAdmin(ClinicalAdmin):
     raw_id_fields = ["patient"]
 
 
+@admin.register(DataQuery)
+class DataQueryAdmin(ScopedReadOnlyAdmin):
+    list_display = ["record_model", "record_id", "field", "status", "automatic", "opened_at"]
+    list_filter = ["status", "automatic"]
+    raw_id_fields = ["patient"]
+
+
+@admin.register(ImportBatch)
+class ImportBatchAdmin(ScopedReadOnlyAdmin):
+    list_display = ["pk", "site", "source_name", "uploaded_by", "created_at", "status"]
+    list_filter = ["status"]
+    readonly_fields = ["files", "counts", "errors", "unmapped"]
+
+
+# The sites' own words and their mappings: read-only (the review queue maps them), scoped.
+
 @admin.register(SiteTerm)
-class SiteTermAdmin(ScopedAdmin):
+class SiteTermAdmin(ScopedReadOnlyAdmin):
     list_display = ["text", "domain", "site", "frequency"]
     list_filter = ["domain"]
     search_fields = ["text", "normalised"]
 
 
 @admin.register(TermMapping)
-class TermMappingAdmin(ScopedAdmin):
+class TermMappingAdmin(ScopedReadOnlyAdmin):
     list_display = ["site_term", "concept", "status", "method", "score", "reviewed_by"]
     list_filter = ["status", "method"]
     raw_id_fields = ["site_term", "concept"]
 
 
+# Standard vocabularies: registry-wide reference data.
+
 @admin.register(Vocabulary)
-class VocabularyAdmin(RegistryWideAdmin):
+class VocabularyAdmin(ReferenceAdmin):
     list_display = ["code", "name", "version"]
 
 
-class SynonymInline(admin.TabularInline):
+class SynonymInline(ReferenceInline):
     model = ConceptSynonym
-    extra = 0
 
 
 @admin.register(Concept)
-class ConceptAdmin(RegistryWideAdmin):
+class ConceptAdmin(ReferenceAdmin):
     list_display = ["code", "name_en", "name_zh", "vocabulary", "domain", "is_active"]
     list_filter = ["vocabulary", "domain"]
     search_fields = ["code", "name_en", "name_zh", "synonyms__name"]
@@ -187,19 +450,51 @@ class ConceptAdmin(RegistryWideAdmin):
 
 
 @admin.register(UnitConversion)
-class UnitConversionAdmin(RegistryWideAdmin):
+class UnitConversionAdmin(ReferenceAdmin):
     list_display = ["lab", "from_unit", "to_unit", "factor"]
 
 
-@admin.register(DataQuery)
-class DataQueryAdmin(ScopedAdmin):
-    list_display = ["record_model", "record_id", "field", "status", "automatic", "opened_at"]
-    list_filter = ["status", "automatic"]
-    raw_id_fields = ["patient"]
+# People. Their roles are memberships (above), not Django's groups or permissions, which the
+# registry does not read; people are deactivated, never deleted, so their audit rows keep a name.
+
+admin.site.unregister(Group)
+admin.site.unregister(User)
 
 
-@admin.register(ImportBatch)
-class ImportBatchAdmin(ScopedAdmin):
-    list_display = ["pk", "site", "source_name", "uploaded_by", "created_at", "status"]
-    list_filter = ["status"]
-    readonly_fields = ["files", "counts", "errors", "unmapped"]
+@admin.register(User)
+class RegistryUserAdmin(RefuseNulBytes, UserAdmin):
+    _ROLE_FREE_FIELDS = {"is_superuser", "groups", "user_permissions"}
+
+    def has_module_permission(self, request):
+        return _is_registry_admin(request)
+
+    def has_view_permission(self, request, obj=None):
+        return _is_registry_admin(request)
+
+    def has_add_permission(self, request):
+        return _is_registry_admin(request)
+
+    def has_change_permission(self, request, obj=None):
+        # A superuser's account is changed by a superuser only.
+        if obj is not None and obj.is_superuser and not request.user.is_superuser:
+            return False
+        return _is_registry_admin(request)
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    def get_object(self, request, object_id, from_field=None):
+        obj = super().get_object(request, object_id, from_field)
+        if obj is None:
+            raise Http404("No user matches the given query.")
+        return obj
+
+    def get_fieldsets(self, request, obj=None):
+        fieldsets = super().get_fieldsets(request, obj)
+        if request.user.is_superuser:
+            return fieldsets
+        return [
+            (name, {**options, "fields": [f for f in options["fields"]
+                                          if f not in self._ROLE_FREE_FIELDS]})
+            for name, options in fieldsets
+        ]

@@ -143,7 +143,18 @@ def membership_grant(
             return membership
         membership.is_active = True
         audited_save(membership, acting_user=acting_user, reason=f"role {role} granted")
+        staff_grant_for_role(user=user, role=role)
     return membership
+
+
+def staff_grant_for_role(*, user: User, role: str) -> None:
+    """Let a registry admin into Django's admin, which admits staff only.
+
+    Only the door: what the admin shows is decided by the person's roles (registry.admin).
+    """
+    if role == Role.ADMIN and not user.is_staff:
+        user.is_staff = True
+        user.save(update_fields=["is_staff"])
 
 
 def require_site_role(user: User | None, site: Site, roles: Sequence[str]) -> None:
