@@ -17,6 +17,8 @@ history pages are scoped like the rows, and reverting to a past version is turne
 
 import math
 
+from axes.admin import AccessAttemptAdmin, AccessFailureLogAdmin, AccessLogAdmin
+from axes.models import AccessAttempt, AccessFailureLog, AccessLog
 from django import forms
 from django.contrib import admin
 from django.contrib.admin.utils import unquote
@@ -26,6 +28,8 @@ from django.core.exceptions import BadRequest, PermissionDenied, ValidationError
 from django.db import models, transaction
 from django.http import Http404
 from django.utils.translation import gettext_lazy as _
+from django_otp.plugins.otp_totp.admin import TOTPDeviceAdmin
+from django_otp.plugins.otp_totp.models import TOTPDevice
 from simple_history.admin import SimpleHistoryAdmin
 from simple_history.utils import get_history_model_for_model
 
@@ -498,3 +502,49 @@ class RegistryUserAdmin(RefuseNulBytes, UserAdmin):
                                           if f not in self._ROLE_FREE_FIELDS]})
             for name, options in fieldsets
         ]
+
+
+# Login defence. Lockouts and second-factor devices belong to the registry admin alone: they
+# unlock a username by deleting its attempts and reset a lost phone by deleting its device.
+# Nobody adds or edits them here (a device is enrolled by its owner at login).
+
+class RegistryAdminOnly:
+    def has_module_permission(self, request):
+        return _is_registry_admin(request)
+
+    def has_view_permission(self, request, obj=None):
+        return _is_registry_admin(request)
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return _is_registry_admin(request)
+
+
+class LockoutAdmin(RegistryAdminOnly, RefuseNulBytes, AccessAttemptAdmin):
+    pass
+
+
+class LoginLogAdmin(RegistryAdminOnly, RefuseNulBytes, AccessLogAdmin):
+    def has_delete_permission(self, request, obj=None):
+        return False  # the log of logins is kept
+
+
+class LoginFailureLogAdmin(RegistryAdminOnly, RefuseNulBytes, AccessFailureLogAdmin):
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
+class SecondFactorDeviceAdmin(RegistryAdminOnly, RefuseNulBytes, TOTPDeviceAdmin):
+    pass
+
+
+for _model, _admin_class in [(AccessAttempt, LockoutAdmin), (AccessLog, LoginLogAdmin),
+                             (AccessFailureLog, LoginFailureLogAdmin),
+                             (TOTPDevice, SecondFactorDeviceAdmin)]:
+    admin.site.unregister(_model)
+    admin.site.register(_model, _admin_class)

@@ -9,10 +9,12 @@ Everything goes over HTTP through Django's test client on PostgreSQL.
 from __future__ import annotations
 
 import pytest
+from axes.models import AccessAttempt, AccessFailureLog, AccessLog
 from django.contrib import admin as django_admin
 from django.contrib.auth.models import Permission, User
 from django.forms import MultiWidget, modelform_factory
 from django.test import RequestFactory
+from django_otp.plugins.otp_totp.models import TOTPDevice
 from simple_history.utils import get_history_model_for_model
 
 from registry import access
@@ -36,6 +38,7 @@ from registry.models import (
 )
 from registry.services import workflow
 from registry.services.organisation import department_get_or_create, membership_grant, user_add
+from tests.conftest import persona_password
 from tests.registry import factories
 
 pytestmark = [pytest.mark.postgres]
@@ -68,7 +71,7 @@ def mona_staff(mona):
 def mel(site_b):
     """Monitor of site B, made staff with every Django permission of the registry."""
     user = user_add(username="mel", role=Role.MONITOR, site_codes=[site_b.code],
-                    password="pw-mel", acting_user=None)[0]
+                    password=persona_password("mel"), acting_user=None)[0]
     return _staff_with_every_registry_permission(user)
 
 
@@ -390,8 +393,8 @@ def test_a_locked_record_is_not_edited_in_the_admin(client, world, mona_staff, p
     diagnosis = Diagnosis.objects.get(patient=world["patient_a"])
     alice = User.objects.get(username="alice")
     workflow.record_submit(diagnosis, acting_user=alice)
-    workflow.record_verify(diagnosis, acting_user=mona_staff, password="pw-mona")
-    workflow.record_lock(diagnosis, acting_user=mona_staff, password="pw-mona")
+    workflow.record_verify(diagnosis, acting_user=mona_staff, password=persona_password("mona"))
+    workflow.record_lock(diagnosis, acting_user=mona_staff, password=persona_password("mona"))
     locked = Diagnosis.objects.get(pk=diagnosis.pk)
     assert locked.status == RecordStatus.LOCKED
     client.force_login(User.objects.get(username=persona))
@@ -621,4 +624,32 @@ def test_every_registry_model_is_in_the_admin():
               if not m.__name__.startswith("Historical")}
     assert models - set(REGISTRY_MODELS) == {ConceptSynonym}  # edited inline in Concept
     # Roles live in memberships: Django's groups (and permissions) are not offered at all.
-    assert set(django_admin.site._registry) == set(ADMIN_MODELS)
+    assert set(django_admin.site._registry) == set(ADMIN_MODELS) | set(LOGIN_DEFENCE_MODELS)
+
+
+LOGIN_DEFENCE_MODELS = [AccessAttempt, AccessLog, AccessFailureLog, TOTPDevice]
+
+
+@pytest.mark.parametrize("model", LOGIN_DEFENCE_MODELS, ids=lambda m: m.__name__)
+def test_lockouts_and_devices_are_the_registry_admins_alone(client, model, ada, mona_staff):
+    info = model._meta.app_label, model._meta.model_name
+    changelist = "/admin/{}/{}/".format(*info)
+    client.force_login(mona_staff)  # staff with a site role: no business here
+    assert client.get(changelist).status_code == 403
+    client.force_login(ada)
+    assert client.get(changelist).status_code == 200
+    assert client.get(changelist + "add/").status_code == 403
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_registry_admin_unlocks_a_username_and_resets_a_device(client, ada, alice):
+    attempt = AccessAttempt.objects.create(
+        username="alice", ip_address="10.0.0.1", user_agent="x", failures_since_start=9,
+        get_data="", post_data="", http_accept="", path_info="/accounts/login/")
+    device = TOTPDevice.objects.create(user=alice, name="phone", confirmed=True)
+    client.force_login(ada)
+    for obj in (attempt, device):
+        url = f"/admin/{obj._meta.app_label}/{obj._meta.model_name}/{obj.pk}/delete/"
+        assert client.post(url, {"post": "yes"}).status_code == 302
+    assert not AccessAttempt.objects.filter(username="alice").exists()
+    assert not TOTPDevice.objects.filter(user=alice).exists()
