@@ -3,8 +3,6 @@ the rules, and their errors are shown at the fields they name."""
 
 from __future__ import annotations
 
-from decimal import Decimal
-
 from django import forms
 from django.utils.translation import gettext_lazy as _
 
@@ -110,10 +108,10 @@ class DrugForm(EditMixin):
     cycle = forms.ChoiceField(label=_("Cycle"))
     day = forms.IntegerField(label=_("Day"), min_value=1, max_value=L.CYCLE_DAY_MAX, initial=1)
     drug = _term(_("Drug"), domain="drug")
-    # Finite, positive, and within the column's digits (NaN, Infinity and 1e10 are refused).
+    # Finite and within the column's digits (NaN, Infinity and 1e10 are refused here); the
+    # service refuses a dose that is not positive.
     dose = forms.DecimalField(label=_("Dose"), required=False, max_digits=L.DOSE_MAX_DIGITS,
-                              decimal_places=L.DOSE_DECIMAL_PLACES,
-                              min_value=Decimal(10) ** -L.DOSE_DECIMAL_PLACES)
+                              decimal_places=L.DOSE_DECIMAL_PLACES)
     dose_unit = forms.ChoiceField(label=_("Dose unit"), required=False,
                                   choices=[("", "—"), *DrugAdministration.DoseUnit.choices])
     route = forms.ChoiceField(label=_("Route"), required=False,
