@@ -6,6 +6,7 @@ search text, and redirects that stay on the registry's pages."""
 from __future__ import annotations
 
 import datetime as dt
+import re
 from decimal import Decimal
 from urllib.parse import urlencode
 
@@ -249,14 +250,24 @@ def test_a_nul_byte_in_a_form_is_refused_and_nothing_written(client, alice, reco
     url = f"{_base(record_a)}followup/new/"
     data = {"followup_date": str(timezone.localdate()), "vital_status": "dead",
             "cause_of_death": "tumour\x00progression"}
-    # A browser's urlencoded form is refused whole; a multipart one at the field.
     encoded = client.post(url, urlencode(data),
                           content_type="application/x-www-form-urlencoded")
     assert encoded.status_code == 400
     multipart = client.post(url, data)
-    assert multipart.status_code == 200
-    assert "Null characters are not allowed" in multipart.text
+    assert multipart.status_code == 400 and "NUL" in multipart.text
     assert FollowUp.objects.filter(patient=record_a).count() == before
+
+
+def test_a_nul_byte_in_a_field_read_raw_by_a_view_is_a_400(client, site_a, alice, mona):
+    """mapping/act reads its fields from request.POST (the hostile walk found a 500)."""
+    term = site_term_get_or_create(site=site_a, domain="drug", text="某药", acting_user=alice)
+    client.force_login(mona)
+    for field in ("reason", "concept_code"):
+        response = client.post("/mapping/act", {
+            "action": "unmappable" if field == "reason" else "choose", "term": str(term.pk),
+            field: "a\x00b"})
+        assert response.status_code == 400, field
+    assert not SiteTerm.objects.get(pk=term.pk).unmappable
 
 
 # -- query strings --------------------------------------------------------------------------------
@@ -432,3 +443,19 @@ def test_the_services_refuse_future_end_resolution_and_progression_dates(alice, 
         clinical.followup_record(patient=record_a, followup_date=timezone.localdate(),
                                  vital_status="alive", progression=True,
                                  progression_date=far, acting_user=alice)
+
+
+# -- no inline script (a Content-Security-Policy without 'unsafe-inline') ------------------------
+
+
+def test_the_mapping_queue_has_no_inline_script(client, mona):
+    from django.contrib.staticfiles import finders
+
+    client.force_login(mona)
+    page = client.get("/mapping/")
+    assert page.status_code == 200
+    assert "<script>" not in page.text
+    assert re.search(r'<script src="[^"]*registry/mapping_queue\.js" defer>', page.text)
+    assert not re.search(r"\son[a-z]+=", page.text.split("</header>")[1])
+    with open(finders.find("registry/mapping_queue.js"), encoding="utf-8") as script:
+        assert "data-concepts" in script.read()
