@@ -39,9 +39,8 @@ def _ecog() -> forms.IntegerField:
 class EditMixin(forms.Form):
     """Hidden version (no lost updates) and the reason asked for after submission."""
 
-    # The largest value of the version column (a PostgreSQL integer).
     version = forms.IntegerField(
-        widget=forms.HiddenInput, required=False, min_value=1, max_value=2**31 - 1,
+        widget=forms.HiddenInput, required=False, min_value=1, max_value=L.VERSION_MAX,
         error_messages={"required": VERSION_MISSING, "invalid": VERSION_MISSING,
                         "min_value": VERSION_MISSING, "max_value": VERSION_MISSING})
     change_reason = forms.CharField(label=_("Reason for change"), required=False,

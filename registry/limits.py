@@ -60,6 +60,8 @@ BSA_MAX = Decimal("3.5")
 BIRTH_YEAR_MIN = 1900
 BIRTH_YEAR_MAX = 2100  # the column's check; the service also refuses years after this one
 ECOG_MIN, ECOG_MAX = 0, 4
+# A record's version (a PostgreSQL integer column).
+VERSION_MAX = 2**31 - 1
 LINE_NO_MAX = 20
 CYCLE_NO_MAX = 100
 CYCLE_LENGTH_DAYS_MAX = 90
