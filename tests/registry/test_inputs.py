@@ -151,6 +151,52 @@ def test_every_workflow_action_on_every_kind_outside_a_test_transaction(client, 
     assert row.history.latest("history_date").history_change_reason == REASON_137
 
 
+def _new_record_data(kind: str, patient: Patient) -> dict[str, str]:
+    line = TreatmentLine.objects.get(patient=patient, line_no=1)
+    cycle = line.cycles.get(cycle_no=1)
+    day = cycle.start_date
+    return {
+        "diagnosis": {"diagnosis_date": str(factories.DIAGNOSED + dt.timedelta(days=2)),
+                      "cancer": "C18", "stage_group": "III", "t": "T3", "n": "N1", "m": "M0",
+                      "ecog": "1", "biomarkers": "KRAS+"},
+        "treatmentline": {"line_no": "2", "regimen": "FOLFOX", "intent": "palliative",
+                          "start_date": str(day + dt.timedelta(days=40))},
+        "cycle": {"line": str(line.pk), "cycle_no": "2", "length_days": "21",
+                  "start_date": str(day + dt.timedelta(days=21)), "bsa_m2": "1.75"},
+        "drugadministration": {"cycle": str(cycle.pk), "day": "8", "drug": "DDP",
+                               "dose": "75.5", "dose_unit": "mg/m2", "route": "iv",
+                               "purpose": "antineoplastic"},
+        "adverseevent": {"term": "Fatigue", "grade": "1", "cycle": str(cycle.pk),
+                         "onset_date": str(day + dt.timedelta(days=3)),
+                         "resolved_date": str(day + dt.timedelta(days=9))},
+        "labresult": {"test": "ANC", "value": "2.1", "unit": "10^9/L", "cycle": str(cycle.pk),
+                      "collected_date": str(day + dt.timedelta(days=20))},
+        "followup": {"followup_date": str(day + dt.timedelta(days=90)), "vital_status": "alive",
+                     "progression": "true", "progression_date": str(day + dt.timedelta(days=80)),
+                     "ecog": "1"},
+    }[kind]
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("kind", ALL_KINDS)
+def test_every_kind_is_created_outside_a_test_transaction(client, kind, record_a, alice):
+    client.force_login(alice)
+    if kind == "patient":
+        response = client.post("/patients/new/", {
+            "site": "SITE-A", "patient_no": "ZY-2024-000999", "sex": "M", "birth_year": "1958",
+            "consent_scope": "academic", "consent_date": "2024-01-02"})
+        assert response.status_code == 302
+        assert Patient.objects.filter(site=record_a.site).count() == 2
+        return
+    model = KINDS[kind].model
+    before = model.objects.filter(patient=record_a).count()
+    response = client.post(f"{_base(record_a)}{kind}/new/", _new_record_data(kind, record_a))
+    assert response.status_code == 302, response.content[:800]
+    assert model.objects.filter(patient=record_a).count() == before + 1
+    newest = model.objects.filter(patient=record_a).latest("pk")
+    assert newest.history.get().history_change_reason.endswith("recorded")
+
+
 @pytest.mark.django_db(transaction=True)
 def test_a_reason_longer_than_the_limit_is_refused_at_the_field(client, record_a, alice, mona):
     ae = _record("adverseevent", record_a)
