@@ -236,10 +236,29 @@ def _form_data(form: Form) -> dict[str, str]:
     return data
 
 
-def _post_fuzz(walker: Walker, client, persona, forms) -> None:
+def _edit_values(pages: dict[str, object]) -> dict[str, dict[str, str]]:
+    """Each kind's values as its edit page shows them: valid input for its new-record form,
+    so that a hostile value in one field reaches the service, not only the empty-field check."""
+    out = {}
+    for url, response in pages.items():
+        match = re.search(r"/(\w+)/\d+/edit/$", url)
+        if match and _is_html(response):
+            form = next((f for f in forms_of(response.text)
+                         if f.method == "post" and not f.action), None)
+            if form is not None:
+                out[match.group(1)] = {k: v for k, v in _form_data(form).items()
+                                       if k not in ("version", "change_reason")}
+    return out
+
+
+def _post_fuzz(walker: Walker, client, persona, forms, edit_values) -> None:
     for (_target, _kind, _action, fields), (page_url, form) in forms.items():
         action = form.action or page_url
         data = _form_data(form)
+        new = re.search(r"/(\w+)/new/$", page_url)
+        if new and new.group(1) in edit_values:
+            data = {**data, **{k: v for k, v in edit_values[new.group(1)].items()
+                               if not data.get(k)}}
         for field in fields:
             if field == "csrfmiddlewaretoken":
                 continue
@@ -312,7 +331,7 @@ def test_no_url_answers_a_hostile_input_with_a_server_error(quiet_request_log, s
             forms = {k: v for k, v in _collect_forms(pages).items() if k not in posted_forms
                      and _fuzzed_by(k) == label.split()[0]}
             posted_forms.update(forms)
-            _post_fuzz(walker, client, label, forms)
+            _post_fuzz(walker, client, label, forms, _edit_values(pages))
         # Forms found on others' pages, posted once as they are (a refusal, never a 5xx).
         for (_t, _k, _a, _f), (page_url, form) in list(posted_forms.items()):
             walker.post(client, label, form.action or page_url, _form_data(form),
