@@ -6,6 +6,7 @@ from __future__ import annotations
 from django import forms
 from django.utils.translation import gettext_lazy as _
 
+from registry import limits as L
 from registry.models import DrugAdministration, FollowUp, Patient, TreatmentLine
 
 DATE = forms.DateInput(attrs={"type": "date"})
@@ -16,19 +17,42 @@ def _term_input(domain: str) -> forms.TextInput:
                                   "list": f"suggest-{domain}"})
 
 
+VERSION_MISSING = _("The version of the record being edited is missing or not a number; "
+                    "reload the record and enter your change again.")
+
+
+def _term(label, *, domain: str, required: bool = True) -> forms.CharField:
+    return forms.CharField(label=label, required=required, max_length=L.TERM_TEXT_MAX_LENGTH,
+                           widget=_term_input(domain))
+
+
+def _year() -> forms.IntegerField:
+    return forms.IntegerField(label=_("Birth year"), min_value=L.BIRTH_YEAR_MIN,
+                              max_value=L.BIRTH_YEAR_MAX)
+
+
+def _ecog() -> forms.IntegerField:
+    return forms.IntegerField(label="ECOG", required=False, min_value=L.ECOG_MIN,
+                              max_value=L.ECOG_MAX)
+
+
 class EditMixin(forms.Form):
     """Hidden version (no lost updates) and the reason asked for after submission."""
 
-    version = forms.IntegerField(widget=forms.HiddenInput, required=False)
+    version = forms.IntegerField(
+        widget=forms.HiddenInput, required=False, min_value=1, max_value=L.VERSION_MAX,
+        error_messages={"required": VERSION_MISSING, "invalid": VERSION_MISSING,
+                        "min_value": VERSION_MISSING, "max_value": VERSION_MISSING})
     change_reason = forms.CharField(label=_("Reason for change"), required=False,
-                                    max_length=500)
+                                    max_length=L.REASON_MAX_LENGTH)
 
 
 class PatientForm(forms.Form):
     site = forms.ChoiceField(label=_("Site"))
-    patient_no = forms.CharField(label=_("Hospital patient number"), max_length=64)
+    patient_no = forms.CharField(label=_("Hospital patient number"),
+                                 max_length=L.HOSPITAL_NUMBER_MAX_LENGTH)
     sex = forms.ChoiceField(label=_("Sex"), choices=Patient.Sex.choices)
-    birth_year = forms.IntegerField(label=_("Birth year"), min_value=1900, max_value=2100)
+    birth_year = _year()
     department = forms.ChoiceField(label=_("Department"), required=False)
     consent_scope = forms.ChoiceField(label=_("Consent scope"),
                                       choices=Patient.ConsentScope.choices)
@@ -37,7 +61,7 @@ class PatientForm(forms.Form):
 
 class PatientEditForm(EditMixin):
     sex = forms.ChoiceField(label=_("Sex"), choices=Patient.Sex.choices)
-    birth_year = forms.IntegerField(label=_("Birth year"), min_value=1900, max_value=2100)
+    birth_year = _year()
     department = forms.ChoiceField(label=_("Department"), required=False)
     consent_scope = forms.ChoiceField(label=_("Consent scope"),
                                       choices=Patient.ConsentScope.choices)
@@ -46,22 +70,22 @@ class PatientEditForm(EditMixin):
 
 class DiagnosisForm(EditMixin):
     diagnosis_date = forms.DateField(label=_("Diagnosis date"), widget=DATE)
-    cancer = forms.CharField(label=_("Cancer (local word or ICD-10)"), max_length=500,
-                             widget=_term_input("condition"))
-    stage_system = forms.CharField(label=_("Stage system"), required=False, max_length=16)
-    stage_group = forms.CharField(label=_("Stage group"), required=False, max_length=16)
-    t = forms.CharField(label="T", required=False, max_length=8)
-    n = forms.CharField(label="N", required=False, max_length=8)
-    m = forms.CharField(label="M", required=False, max_length=8)
-    ecog = forms.IntegerField(label="ECOG", required=False, min_value=0, max_value=4)
+    cancer = _term(_("Cancer (local word or ICD-10)"), domain="condition")
+    stage_system = forms.CharField(label=_("Stage system"), required=False,
+                                   max_length=L.STAGE_MAX_LENGTH)
+    stage_group = forms.CharField(label=_("Stage group"), required=False,
+                                  max_length=L.STAGE_MAX_LENGTH)
+    t = forms.CharField(label="T", required=False, max_length=L.TNM_MAX_LENGTH)
+    n = forms.CharField(label="N", required=False, max_length=L.TNM_MAX_LENGTH)
+    m = forms.CharField(label="M", required=False, max_length=L.TNM_MAX_LENGTH)
+    ecog = _ecog()
     biomarkers = forms.CharField(label=_("Biomarkers (EGFR+; ALK-)"), required=False,
-                                 max_length=500)
+                                 max_length=L.BIOMARKERS_MAX_LENGTH)
 
 
 class TreatmentLineForm(EditMixin):
-    line_no = forms.IntegerField(label=_("Line"), min_value=1, max_value=20)
-    regimen = forms.CharField(label=_("Regimen"), required=False, max_length=500,
-                              widget=_term_input("regimen"))
+    line_no = forms.IntegerField(label=_("Line"), min_value=1, max_value=L.LINE_NO_MAX)
+    regimen = _term(_("Regimen"), domain="regimen", required=False)
     intent = forms.ChoiceField(label=_("Intent"), required=False,
                                choices=[("", "—"), *TreatmentLine.Intent.choices])
     start_date = forms.DateField(label=_("Start date"), widget=DATE)
@@ -70,19 +94,23 @@ class TreatmentLineForm(EditMixin):
 
 class CycleForm(EditMixin):
     line = forms.ChoiceField(label=_("Line"))
-    cycle_no = forms.IntegerField(label=_("Cycle"), min_value=1, max_value=100)
+    cycle_no = forms.IntegerField(label=_("Cycle"), min_value=1, max_value=L.CYCLE_NO_MAX)
     start_date = forms.DateField(label=_("Start date"), widget=DATE)
     length_days = forms.IntegerField(label=_("Cycle length (days)"), required=False,
-                                     min_value=1, max_value=90)
+                                     min_value=1, max_value=L.CYCLE_LENGTH_DAYS_MAX)
     bsa_m2 = forms.DecimalField(label=_("Body surface area (m²)"), required=False,
-                                max_digits=4, decimal_places=2)
+                                max_digits=L.BSA_MAX_DIGITS, decimal_places=L.BSA_DECIMAL_PLACES,
+                                min_value=L.BSA_MIN, max_value=L.BSA_MAX)
 
 
 class DrugForm(EditMixin):
     cycle = forms.ChoiceField(label=_("Cycle"))
-    day = forms.IntegerField(label=_("Day"), min_value=1, max_value=60, initial=1)
-    drug = forms.CharField(label=_("Drug"), max_length=500, widget=_term_input("drug"))
-    dose = forms.CharField(label=_("Dose"), required=False, max_length=20)
+    day = forms.IntegerField(label=_("Day"), min_value=1, max_value=L.CYCLE_DAY_MAX, initial=1)
+    drug = _term(_("Drug"), domain="drug")
+    # Finite and within the column's digits (NaN, Infinity and 1e10 are refused here); the
+    # service refuses a dose that is not positive.
+    dose = forms.DecimalField(label=_("Dose"), required=False, max_digits=L.DOSE_MAX_DIGITS,
+                              decimal_places=L.DOSE_DECIMAL_PLACES)
     dose_unit = forms.ChoiceField(label=_("Dose unit"), required=False,
                                   choices=[("", "—"), *DrugAdministration.DoseUnit.choices])
     route = forms.ChoiceField(label=_("Route"), required=False,
@@ -91,8 +119,7 @@ class DrugForm(EditMixin):
 
 
 class AdverseEventForm(EditMixin):
-    term = forms.CharField(label=_("Adverse event (CTCAE term or local word)"), max_length=500,
-                           widget=_term_input("adverse_event"))
+    term = _term(_("Adverse event (CTCAE term or local word)"), domain="adverse_event")
     grade = forms.TypedChoiceField(label=_("CTCAE grade"), coerce=int,
                                    choices=[(g, str(g)) for g in range(1, 6)])
     onset_date = forms.DateField(label=_("Onset"), widget=DATE)
@@ -102,11 +129,11 @@ class AdverseEventForm(EditMixin):
 
 
 class LabForm(EditMixin):
-    test = forms.CharField(label=_("Test"), max_length=500, widget=_term_input("lab"))
+    test = _term(_("Test"), domain="lab")
     collected_date = forms.DateField(label=_("Collected"), widget=DATE)
-    value = forms.CharField(label=_("Value (as written, e.g. 1.2 or <0.5)"), max_length=64)
-    unit = forms.CharField(label=_("Unit (as written)"), required=False, max_length=64,
-                           widget=_term_input("unit"))
+    value = forms.CharField(label=_("Value (as written, e.g. 1.2 or <0.5)"),
+                            max_length=L.LAB_VALUE_MAX_LENGTH)
+    unit = _term(_("Unit (as written)"), domain="unit", required=False)
     cycle = forms.ChoiceField(label=_("Cycle"), required=False)
 
 
@@ -116,8 +143,9 @@ class FollowUpForm(EditMixin):
                                      choices=FollowUp.VitalStatus.choices)
     progression = forms.NullBooleanField(label=_("Progression"), required=False)
     progression_date = forms.DateField(label=_("Progression date"), required=False, widget=DATE)
-    ecog = forms.IntegerField(label="ECOG", required=False, min_value=0, max_value=4)
-    cause_of_death = forms.CharField(label=_("Cause of death"), required=False, max_length=500)
+    ecog = _ecog()
+    cause_of_death = forms.CharField(label=_("Cause of death"), required=False,
+                                     max_length=L.CAUSE_OF_DEATH_MAX_LENGTH)
 
 
 class SignatureForm(forms.Form):
@@ -126,13 +154,47 @@ class SignatureForm(forms.Form):
 
 
 class ReasonForm(forms.Form):
-    reason = forms.CharField(label=_("Reason"), max_length=500)
+    reason = forms.CharField(label=_("Reason"), max_length=L.REASON_MAX_LENGTH)
 
 
 class QueryForm(forms.Form):
-    field = forms.CharField(label=_("Field"), required=False, max_length=64)
-    text = forms.CharField(label=_("Question"), widget=forms.Textarea(attrs={"rows": 2}))
+    field = forms.CharField(label=_("Field"), required=False, max_length=L.QUERY_FIELD_MAX_LENGTH)
+    text = forms.CharField(label=_("Question"), max_length=L.QUERY_TEXT_MAX_LENGTH,
+                           widget=forms.Textarea(attrs={"rows": 2}))
 
 
 class AnswerForm(forms.Form):
-    answer = forms.CharField(label=_("Answer"), widget=forms.Textarea(attrs={"rows": 2}))
+    answer = forms.CharField(label=_("Answer"), max_length=L.QUERY_TEXT_MAX_LENGTH,
+                             widget=forms.Textarea(attrs={"rows": 2}))
+
+
+# The cancers the patient list filters by (ICD-10 categories, subcodes included).
+CANCER_FILTERS = ["C15", "C16", "C18", "C19", "C20", "C22", "C25", "C34", "C50"]
+
+
+class PatientFilterForm(forms.Form):
+    """The patient list's query string. A value that is not one of the choices (an id that is
+    not a number, a site the user cannot see) is dropped with a message, never a server error."""
+
+    q = forms.CharField(label=_("Search"), required=False, max_length=L.SEARCH_MAX_LENGTH,
+                        strip=True)
+    cancer = forms.ChoiceField(label=_("Cancer"), required=False,
+                               choices=[("", "—"), *((c, c) for c in CANCER_FILTERS)])
+    status = forms.ChoiceField(label=_("Status"), required=False)
+    department = forms.ChoiceField(label=_("Department"), required=False)
+    site = forms.ChoiceField(label=_("Site"), required=False)
+
+    def __init__(self, data, *, statuses, departments, sites) -> None:
+        super().__init__(data)
+        self.fields["status"].choices = [("", "—"), *statuses]
+        self.fields["department"].choices = [("", "—"), *((str(d.pk), d.name)
+                                                           for d in departments)]
+        self.fields["site"].choices = [("", "—"), *((s.code, s.code) for s in sites)]
+
+    def filters(self) -> tuple[dict[str, str], list[str]]:
+        """The valid filters, and the labels of those dropped as invalid."""
+        self.is_valid()
+        values = {name: self.cleaned_data.get(name) or "" for name in self.fields
+                  if name not in self.errors}
+        dropped = [str(self.fields[name].label) for name in self.errors]
+        return values, dropped

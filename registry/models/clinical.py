@@ -13,6 +13,7 @@ from django.db.models import F, Q
 from django.utils.translation import gettext_lazy as _
 from simple_history.models import HistoricalRecords
 
+from registry import limits as L
 from registry.models.organisation import Department, Site
 from registry.models.terminology import Concept, SiteTerm
 
@@ -35,7 +36,7 @@ class RecordStatus(models.TextChoices):
 class SiteOwned(models.Model):
     site = models.ForeignKey(Site, on_delete=models.PROTECT, related_name="+")
     status = models.CharField(
-        max_length=16, choices=RecordStatus.choices, default=RecordStatus.DRAFT
+        max_length=L.CHOICE_MAX_LENGTH, choices=RecordStatus.choices, default=RecordStatus.DRAFT
     )
     # Incremented by every service write: an edit made against an older version is refused.
     version = models.PositiveIntegerField(default=1)
@@ -66,16 +67,18 @@ class Patient(SiteOwned):
         ACADEMIC = "academic", _("Academic research")
         COMMERCIAL = "commercial", _("Academic and commercial research")
 
-    registry_id = models.CharField(max_length=16, unique=True, default=new_registry_id)
+    registry_id = models.CharField(
+        max_length=L.REGISTRY_ID_MAX_LENGTH, unique=True, default=new_registry_id
+    )
     department = models.ForeignKey(
         Department, on_delete=models.PROTECT, null=True, blank=True, related_name="patients"
     )
     # HMAC-SHA256 of the hospital's patient number under the registry pepper (never stored raw).
-    hospital_number_hash = models.CharField(max_length=64)
-    sex = models.CharField(max_length=1, choices=Sex.choices)
+    hospital_number_hash = models.CharField(max_length=L.HASH_HEX_LENGTH)
+    sex = models.CharField(max_length=L.SEX_MAX_LENGTH, choices=Sex.choices)
     birth_year = models.PositiveSmallIntegerField()
     consent_scope = models.CharField(
-        max_length=16, choices=ConsentScope.choices, default=ConsentScope.ACADEMIC
+        max_length=L.CHOICE_MAX_LENGTH, choices=ConsentScope.choices, default=ConsentScope.ACADEMIC
     )
     consent_date = models.DateField(null=True, blank=True)
     withdrawn_date = models.DateField(null=True, blank=True)
@@ -130,11 +133,11 @@ class Diagnosis(SiteOwned):
     morphology = models.ForeignKey(
         Concept, on_delete=models.PROTECT, null=True, blank=True, related_name="+"
     )
-    stage_system = models.CharField(max_length=16, blank=True)  # e.g. AJCC8, BCLC
-    stage_group = models.CharField(max_length=16, blank=True)
-    t = models.CharField(max_length=8, blank=True)
-    n = models.CharField(max_length=8, blank=True)
-    m = models.CharField(max_length=8, blank=True)
+    stage_system = models.CharField(max_length=L.STAGE_MAX_LENGTH, blank=True)  # e.g. AJCC8, BCLC
+    stage_group = models.CharField(max_length=L.STAGE_MAX_LENGTH, blank=True)
+    t = models.CharField(max_length=L.TNM_MAX_LENGTH, blank=True)
+    n = models.CharField(max_length=L.TNM_MAX_LENGTH, blank=True)
+    m = models.CharField(max_length=L.TNM_MAX_LENGTH, blank=True)
     ecog = models.PositiveSmallIntegerField(null=True, blank=True)
     biomarkers = models.JSONField(default=dict, blank=True)
 
@@ -171,7 +174,7 @@ class TreatmentLine(SiteOwned):
     regimen = models.ForeignKey(
         Concept, on_delete=models.PROTECT, null=True, blank=True, related_name="+"
     )
-    intent = models.CharField(max_length=16, choices=Intent.choices, blank=True)
+    intent = models.CharField(max_length=L.CHOICE_MAX_LENGTH, choices=Intent.choices, blank=True)
     start_date = models.DateField()
     end_date = models.DateField(null=True, blank=True)
 
@@ -198,7 +201,9 @@ class Cycle(SiteOwned):
     cycle_no = models.PositiveSmallIntegerField()
     start_date = models.DateField()
     length_days = models.PositiveSmallIntegerField(null=True, blank=True)
-    bsa_m2 = models.DecimalField(max_digits=4, decimal_places=2, null=True, blank=True)
+    bsa_m2 = models.DecimalField(
+        max_digits=L.BSA_MAX_DIGITS, decimal_places=L.BSA_DECIMAL_PLACES, null=True, blank=True
+    )
 
     history = HistoricalRecords()
 
@@ -246,11 +251,17 @@ class DrugAdministration(SiteOwned):
     drug = models.ForeignKey(
         Concept, on_delete=models.PROTECT, null=True, blank=True, related_name="+"
     )
-    dose = models.DecimalField(max_digits=10, decimal_places=3, null=True, blank=True)
-    dose_unit = models.CharField(max_length=8, choices=DoseUnit.choices, blank=True)
-    route = models.CharField(max_length=8, choices=Route.choices, blank=True)
+    dose = models.DecimalField(
+        max_digits=L.DOSE_MAX_DIGITS, decimal_places=L.DOSE_DECIMAL_PLACES, null=True, blank=True
+    )
+    dose_unit = models.CharField(
+        max_length=L.SHORT_CHOICE_MAX_LENGTH, choices=DoseUnit.choices, blank=True
+    )
+    route = models.CharField(
+        max_length=L.SHORT_CHOICE_MAX_LENGTH, choices=Route.choices, blank=True
+    )
     purpose = models.CharField(
-        max_length=16, choices=Purpose.choices, default=Purpose.ANTINEOPLASTIC
+        max_length=L.CHOICE_MAX_LENGTH, choices=Purpose.choices, default=Purpose.ANTINEOPLASTIC
     )
 
     history = HistoricalRecords()
@@ -278,7 +289,7 @@ class AdverseEvent(SiteOwned):
     ae = models.ForeignKey(
         Concept, on_delete=models.PROTECT, null=True, blank=True, related_name="+"
     )
-    ctcae_version = models.CharField(max_length=8, default="5.0")
+    ctcae_version = models.CharField(max_length=L.CTCAE_VERSION_MAX_LENGTH, default="5.0")
     grade = models.PositiveSmallIntegerField()
     onset_date = models.DateField()
     resolved_date = models.DateField(null=True, blank=True)
@@ -327,8 +338,10 @@ class LabResult(SiteOwned):
         Concept, on_delete=models.PROTECT, null=True, blank=True, related_name="+"
     )
     collected_date = models.DateField()
-    value_text = models.CharField(max_length=64)  # exactly as entered
-    comparator = models.CharField(max_length=2, choices=Comparator.choices, blank=True)
+    value_text = models.CharField(max_length=L.LAB_VALUE_MAX_LENGTH)  # exactly as entered
+    comparator = models.CharField(
+        max_length=L.COMPARATOR_MAX_LENGTH, choices=Comparator.choices, blank=True
+    )
     value = models.FloatField(null=True, blank=True)  # numeric part, in the unit as entered
     unit_term = models.ForeignKey(
         SiteTerm, on_delete=models.PROTECT, null=True, blank=True, related_name="+"
@@ -340,7 +353,9 @@ class LabResult(SiteOwned):
     canonical_unit = models.ForeignKey(
         Concept, on_delete=models.PROTECT, null=True, blank=True, related_name="+"
     )
-    unit_flag = models.CharField(max_length=16, choices=UnitFlag.choices, blank=True)
+    unit_flag = models.CharField(
+        max_length=L.CHOICE_MAX_LENGTH, choices=UnitFlag.choices, blank=True
+    )
     cycle = models.ForeignKey(
         Cycle, on_delete=models.SET_NULL, null=True, blank=True, related_name="labs"
     )
@@ -375,11 +390,13 @@ class FollowUp(SiteOwned):
 
     patient = models.ForeignKey(Patient, on_delete=models.CASCADE, related_name="followups")
     followup_date = models.DateField()
-    vital_status = models.CharField(max_length=8, choices=VitalStatus.choices)
+    vital_status = models.CharField(
+        max_length=L.SHORT_CHOICE_MAX_LENGTH, choices=VitalStatus.choices
+    )
     progression = models.BooleanField(null=True, blank=True)
     progression_date = models.DateField(null=True, blank=True)
     ecog = models.PositiveSmallIntegerField(null=True, blank=True)
-    cause_of_death = models.CharField(max_length=500, blank=True)
+    cause_of_death = models.CharField(max_length=L.CAUSE_OF_DEATH_MAX_LENGTH, blank=True)
 
     history = HistoricalRecords()
 

@@ -6,6 +6,7 @@ from django.db.models import Q
 from django.utils.translation import gettext_lazy as _
 from simple_history.models import HistoricalRecords
 
+from registry import limits as L
 from registry.models.organisation import Site
 
 
@@ -22,9 +23,9 @@ class Domain(models.TextChoices):
 class Vocabulary(models.Model):
     """ATC, LOINC, ICD10, ICDO3, CTCAE, UCUM, or the registry's own (REGISTRY)."""
 
-    code = models.CharField(max_length=32, unique=True)
-    name = models.CharField(max_length=200)
-    version = models.CharField(max_length=64, blank=True)
+    code = models.CharField(max_length=L.VOCABULARY_CODE_MAX_LENGTH, unique=True)
+    name = models.CharField(max_length=L.VOCABULARY_NAME_MAX_LENGTH)
+    version = models.CharField(max_length=L.VOCABULARY_VERSION_MAX_LENGTH, blank=True)
 
     history = HistoricalRecords()
 
@@ -45,10 +46,10 @@ class Concept(models.Model):
     """
 
     vocabulary = models.ForeignKey(Vocabulary, on_delete=models.PROTECT, related_name="concepts")
-    code = models.CharField(max_length=64)
-    domain = models.CharField(max_length=16, choices=Domain.choices)
-    name_en = models.CharField(max_length=1000)
-    name_zh = models.CharField(max_length=1000, blank=True)
+    code = models.CharField(max_length=L.CONCEPT_CODE_MAX_LENGTH)
+    domain = models.CharField(max_length=L.CHOICE_MAX_LENGTH, choices=Domain.choices)
+    name_en = models.CharField(max_length=L.CONCEPT_NAME_MAX_LENGTH)
+    name_zh = models.CharField(max_length=L.CONCEPT_NAME_MAX_LENGTH, blank=True)
     attributes = models.JSONField(default=dict, blank=True)
     omop_concept_id = models.BigIntegerField(null=True, blank=True, unique=True)
     is_active = models.BooleanField(default=True)
@@ -71,8 +72,8 @@ class Concept(models.Model):
 
 class ConceptSynonym(models.Model):
     concept = models.ForeignKey(Concept, on_delete=models.CASCADE, related_name="synonyms")
-    name = models.CharField(max_length=1000)
-    language = models.CharField(max_length=8, default="en")
+    name = models.CharField(max_length=L.CONCEPT_NAME_MAX_LENGTH)
+    language = models.CharField(max_length=L.LANGUAGE_CODE_MAX_LENGTH, default="en")
 
     history = HistoricalRecords()
 
@@ -118,9 +119,9 @@ class SiteTerm(models.Model):
     """A local word as one site writes it, in one domain; every coded value points at one."""
 
     site = models.ForeignKey(Site, on_delete=models.PROTECT, related_name="terms")
-    domain = models.CharField(max_length=16, choices=Domain.choices)
-    text = models.CharField(max_length=500)
-    normalised = models.CharField(max_length=500, db_index=True)
+    domain = models.CharField(max_length=L.CHOICE_MAX_LENGTH, choices=Domain.choices)
+    text = models.CharField(max_length=L.TERM_TEXT_MAX_LENGTH)
+    normalised = models.CharField(max_length=L.TERM_TEXT_MAX_LENGTH, db_index=True)
     frequency = models.PositiveIntegerField(default=0)
     # A reviewer's judgement that no concept fits this word (it leaves the review queue).
     unmappable = models.BooleanField(default=False)
@@ -159,10 +160,13 @@ class TermMapping(models.Model):
     site_term = models.ForeignKey(SiteTerm, on_delete=models.CASCADE, related_name="mappings")
     concept = models.ForeignKey(Concept, on_delete=models.PROTECT, related_name="mappings")
     status = models.CharField(
-        max_length=16, choices=MappingStatus.choices, default=MappingStatus.SUGGESTED
+        max_length=L.CHOICE_MAX_LENGTH, choices=MappingStatus.choices,
+        default=MappingStatus.SUGGESTED
     )
     score = models.FloatField(default=0.0)
-    method = models.CharField(max_length=16, choices=Method.choices, default=Method.MANUAL)
+    method = models.CharField(
+        max_length=L.CHOICE_MAX_LENGTH, choices=Method.choices, default=Method.MANUAL
+    )
     reviewed_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, blank=True, related_name="+"
     )

@@ -6,6 +6,7 @@ from django.db.models import Q
 from django.utils.translation import gettext_lazy as _
 from simple_history.models import HistoricalRecords
 
+from registry import limits as L
 from registry.models.clinical import Patient
 from registry.models.organisation import Site
 
@@ -18,12 +19,14 @@ class DataQuery(models.Model):
 
     site = models.ForeignKey(Site, on_delete=models.PROTECT, related_name="+")
     patient = models.ForeignKey(Patient, on_delete=models.CASCADE, related_name="queries")
-    record_model = models.CharField(max_length=32)  # e.g. "adverseevent"
+    record_model = models.CharField(max_length=L.RECORD_MODEL_MAX_LENGTH)  # e.g. "adverseevent"
     record_id = models.BigIntegerField()
-    field = models.CharField(max_length=64, blank=True)
+    field = models.CharField(max_length=L.QUERY_FIELD_MAX_LENGTH, blank=True)
     text = models.TextField()
     automatic = models.BooleanField(default=False)  # opened by an edit check, not a person
-    status = models.CharField(max_length=16, choices=Status.choices, default=Status.OPEN)
+    status = models.CharField(
+        max_length=L.CHOICE_MAX_LENGTH, choices=Status.choices, default=Status.OPEN
+    )
     opened_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, blank=True,
         related_name="+",

@@ -14,6 +14,7 @@ from django.db import transaction
 from django.db.models import Exists, OuterRef, Subquery
 from django.utils import timezone
 
+from registry import limits
 from registry.errors import ErrorCollector, ValidationFailed
 from registry.models import (
     AdverseEvent,
@@ -32,7 +33,7 @@ from registry.models import (
 from registry.pseudonyms import hospital_number_hash
 from registry.services.mapping import term_resolve
 from registry.services.organisation import require_site_role
-from registry.services.terminology import lab_canonical
+from registry.services.terminology import lab_canonical, normalise_for_domain
 from registry.services.workflow import edit_guard, save_or_refuse, store
 
 DATA_ENTRY_ROLES = (Role.CLERK, Role.MONITOR)
@@ -47,6 +48,27 @@ def _today() -> dt.date:
 def _check_not_future(errors: ErrorCollector, field: str, value: dt.date | None) -> None:
     if value is not None and value > _today():
         errors.add(field, f"{value.isoformat()} is in the future.")
+
+
+def _check_length(errors: ErrorCollector, field: str, value: str | None, limit: int) -> None:
+    if value and len(value) > limit:
+        errors.add(field, f"At most {limit} characters, not {len(value)}.")
+
+
+def _check_term(errors: ErrorCollector, field: str, domain: str, text: str | None) -> None:
+    """A local word fits its column as written and once normalised (NFKC can lengthen it)."""
+    limit = limits.TERM_TEXT_MAX_LENGTH
+    if text and (len(text) > limit or len(normalise_for_domain(domain, text)) > limit):
+        errors.add(field, f"At most {limit} characters.")
+
+
+def _check_decimal(errors: ErrorCollector, field: str, value: Decimal, *, max_digits: int,
+                   decimal_places: int) -> bool:
+    problem = limits.decimal_problem(value, max_digits=max_digits,
+                                     decimal_places=decimal_places)
+    if problem:
+        errors.add(field, f"{value} {problem}.")
+    return problem is None
 
 
 def _death_date(patient: Patient) -> dt.date | None:
@@ -69,8 +91,9 @@ def _check_demographics(errors: ErrorCollector, *, site: Site, sex: str, birth_y
                         consent_date: dt.date | None) -> None:
     if sex not in Patient.Sex.values:
         errors.add("sex", f"Sex must be M or F, not {sex!r}.")
-    if not isinstance(birth_year, int) or not 1900 <= birth_year <= _today().year:
-        errors.add("birth_year", f"Birth year {birth_year!r} is not between 1900 and this year.")
+    if not isinstance(birth_year, int) or not limits.BIRTH_YEAR_MIN <= birth_year <= _today().year:
+        errors.add("birth_year", f"Birth year {birth_year!r} is not between "
+                   f"{limits.BIRTH_YEAR_MIN} and this year.")
     if consent_scope not in Patient.ConsentScope.values:
         errors.add("consent_scope", f"Unknown consent scope {consent_scope!r}.")
     if department is not None and department.site_id != site.id:
@@ -96,6 +119,7 @@ def patient_register(
     errors = ErrorCollector()
     if not (patient_no or "").strip():
         errors.add("patient_no", "The hospital patient number is required.")
+    _check_length(errors, "patient_no", patient_no, limits.HOSPITAL_NUMBER_MAX_LENGTH)
     _check_demographics(errors, site=site, sex=sex, birth_year=birth_year,
                         consent_scope=consent_scope, department=department,
                         consent_date=consent_date)
@@ -209,11 +233,18 @@ def diagnosis_record(
     errors = ErrorCollector()
     if not (cancer or "").strip():
         errors.add("cancer", "The cancer (local word or ICD-10 code) is required.")
+    _check_term(errors, "cancer", Domain.CONDITION, cancer)
+    _check_term(errors, "morphology", Domain.MORPHOLOGY, morphology)
+    for name, value, limit in (("stage_system", stage_system, limits.STAGE_MAX_LENGTH),
+                               ("stage_group", stage_group, limits.STAGE_MAX_LENGTH),
+                               ("t", t, limits.TNM_MAX_LENGTH), ("n", n, limits.TNM_MAX_LENGTH),
+                               ("m", m, limits.TNM_MAX_LENGTH)):
+        _check_length(errors, name, value, limit)
     _check_not_future(errors, "diagnosis_date", diagnosis_date)
     if diagnosis_date.year < patient.birth_year:
         errors.add("diagnosis_date", "The diagnosis is dated before the patient's birth year.")
     _check_alive_on(errors, patient, "diagnosis_date", diagnosis_date)
-    if ecog is not None and not 0 <= ecog <= 4:
+    if ecog is not None and not limits.ECOG_MIN <= ecog <= limits.ECOG_MAX:
         errors.add("ecog", f"ECOG must be 0-4, not {ecog}.")
     errors.raise_if_any()
     with transaction.atomic():
@@ -278,7 +309,9 @@ def treatment_line_record(
         errors.add("line_no", "Line numbers start at 1.")
     if intent and intent not in TreatmentLine.Intent.values:
         errors.add("intent", f"Unknown intent {intent!r}.")
+    _check_term(errors, "regimen", Domain.REGIMEN, regimen)
     _check_not_future(errors, "start_date", start_date)
+    _check_not_future(errors, "end_date", end_date)
     if end_date is not None and end_date < start_date:
         errors.add("end_date", "The line ends before it starts.")
     _check_after_diagnosis(errors, patient, "start_date", start_date)
@@ -360,8 +393,12 @@ def cycle_record(
     if start_date < line.start_date:
         errors.add("start_date", f"The cycle starts before its line ({line.start_date}).")
     _check_alive_on(errors, patient, "start_date", start_date)
-    if bsa_m2 is not None and not Decimal("0.5") <= Decimal(bsa_m2) <= Decimal("3.5"):
-        errors.add("bsa_m2", f"A body surface area of {bsa_m2} m² is not plausible.")
+    if bsa_m2 is not None:
+        bsa = Decimal(str(bsa_m2))
+        if _check_decimal(errors, "bsa_m2", bsa, max_digits=limits.BSA_MAX_DIGITS,
+                          decimal_places=limits.BSA_DECIMAL_PLACES) and not (
+                limits.BSA_MIN <= bsa <= limits.BSA_MAX):
+            errors.add("bsa_m2", f"A body surface area of {bsa_m2} m² is not plausible.")
     if (
         Cycle.objects.filter(line=line, cycle_no=cycle_no)
         .exclude(pk=getattr(instance, "pk", None))
@@ -414,6 +451,7 @@ def drug_administration_record(
     errors = ErrorCollector()
     if not (drug or "").strip():
         errors.add("drug", "The drug is required.")
+    _check_term(errors, "drug", Domain.DRUG, drug)
     if day < 1:
         errors.add("day", "Days of a cycle start at 1.")
     parsed_dose = None
@@ -423,7 +461,8 @@ def drug_administration_record(
         except InvalidOperation:
             errors.add("dose", f"The dose {dose!r} is not a number.")
         else:
-            if parsed_dose <= 0:
+            if _check_decimal(errors, "dose", parsed_dose, max_digits=limits.DOSE_MAX_DIGITS,
+                              decimal_places=limits.DOSE_DECIMAL_PLACES) and parsed_dose <= 0:
                 errors.add("dose", f"The dose must be positive, not {dose}.")
         if not dose_unit:
             errors.add("dose_unit", "A dose needs its unit.")
@@ -500,9 +539,11 @@ def adverse_event_record(
     errors = ErrorCollector()
     if not (term or "").strip():
         errors.add("term", "The adverse event term is required.")
+    _check_term(errors, "term", Domain.ADVERSE_EVENT, term)
     if not isinstance(grade, int) or not 1 <= grade <= 5:
         errors.add("grade", f"CTCAE grades are 1-5, not {grade!r}.")
     _check_not_future(errors, "onset_date", onset_date)
+    _check_not_future(errors, "resolved_date", resolved_date)
     if resolved_date is not None and resolved_date < onset_date:
         errors.add("resolved_date", "The event resolves before its onset.")
     _check_alive_on(errors, patient, "onset_date", onset_date)
@@ -590,6 +631,9 @@ def lab_result_record(
     errors = ErrorCollector()
     if not (test or "").strip():
         errors.add("test", "The lab test is required.")
+    _check_term(errors, "test", Domain.LAB, test)
+    _check_term(errors, "unit", Domain.UNIT, unit)
+    _check_length(errors, "value", value, limits.LAB_VALUE_MAX_LENGTH)
     comparator, number = "", None
     try:
         comparator, number = lab_value_parse(value)
@@ -665,6 +709,7 @@ def followup_summary_refresh(patient_ids: Iterable[int] | None = None) -> int:
     )
 
 
+@transaction.atomic
 def followup_record(
     *,
     patient: Patient,
@@ -694,9 +739,11 @@ def followup_record(
             "vital_status", f"Vital status must be alive, dead or lost, not {vital_status!r}."
         )
     _check_not_future(errors, "followup_date", followup_date)
+    _check_not_future(errors, "progression_date", progression_date)
+    _check_length(errors, "cause_of_death", cause_of_death, limits.CAUSE_OF_DEATH_MAX_LENGTH)
     if progression_date is not None and progression_date > followup_date:
         errors.add("progression_date", "Progression is dated after the follow-up visit.")
-    if ecog is not None and not 0 <= ecog <= 4:
+    if ecog is not None and not limits.ECOG_MIN <= ecog <= limits.ECOG_MAX:
         errors.add("ecog", f"ECOG must be 0-4, not {ecog}.")
     if cause_of_death and vital_status != FollowUp.VitalStatus.DEAD:
         errors.add("cause_of_death", "A cause of death needs the vital status 'dead'.")

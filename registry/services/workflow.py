@@ -11,6 +11,7 @@ from django.contrib.auth.models import User
 from django.db import IntegrityError, models, transaction
 from django.utils import timezone
 
+from registry import limits
 from registry.audit import audited_save
 from registry.errors import NotPermitted, StaleEdit, ValidationFailed
 from registry.models import (
@@ -47,6 +48,17 @@ RECORD_MODELS: dict[str, type[models.Model]] = {
 # Bookkeeping columns that are not part of what a person edits.
 _NOT_CONTENT = {"id", "version", "status", "created_at", "updated_at", "site",
                 "last_followup_date", "followup_closed"}  # derived, see followup_summary_refresh
+
+
+def reason_check(reason: str | None, *, field: str) -> str:
+    """The reason a person gave, stripped; refused when longer than the registry keeps."""
+    reason = (reason or "").strip()
+    if len(reason) > limits.REASON_MAX_LENGTH:
+        raise ValidationFailed(
+            f"A reason is at most {limits.REASON_MAX_LENGTH} characters, not {len(reason)}.",
+            field=field,
+        )
+    return reason
 
 
 def save_or_refuse(obj: models.Model, *, acting_user: User | None, reason: str) -> models.Model:
@@ -123,7 +135,7 @@ def edit_guard(
         )
         error.changes = changed
         raise error
-    reason = (change_reason or "").strip()
+    reason = reason_check(change_reason, field="change_reason")
     if current.status != RecordStatus.DRAFT and not reason:
         raise ValidationFailed(
             "This record has been submitted: give a reason for the change.", field="change_reason"
@@ -260,14 +272,15 @@ def record_lock(instance: models.Model, *, acting_user: User, password: str) -> 
 @transaction.atomic
 def record_unlock(instance: models.Model, *, acting_user: User, reason: str) -> models.Model:
     require_site_role(acting_user, instance.site, REVIEW_ROLES)
-    if not (reason or "").strip():
+    reason = reason_check(reason, field="reason")
+    if not reason:
         raise ValidationFailed("Unlocking needs a reason.", field="reason")
     record = _transition(
         instance,
         to=RecordStatus.SUBMITTED,
         allowed_from=[RecordStatus.LOCKED],
         acting_user=acting_user,
-        reason=f"unlocked: {reason.strip()}",
+        reason=f"unlocked: {reason}",
     )
     # Words re-mapped while it was locked (the re-code left it alone) are re-coded now.
     record_recode(record, acting_user=acting_user)
@@ -296,6 +309,9 @@ def query_open(
             raise ValidationFailed("Queries are opened on submitted records.", field="status")
     if not (text or "").strip():
         raise ValidationFailed("The query needs a question.", field="text")
+    if len(text) > limits.QUERY_TEXT_MAX_LENGTH:
+        raise ValidationFailed(
+            f"A question is at most {limits.QUERY_TEXT_MAX_LENGTH} characters.", field="text")
     valid = {f.name for f in content_fields(type(instance))} | {""}
     if field not in valid:
         raise ValidationFailed(f"{field!r} is not a field of this record.", field="field")
@@ -322,6 +338,9 @@ def query_answer(query: DataQuery, *, answer: str, acting_user: User) -> DataQue
         raise ValidationFailed("This query is closed.", field="status")
     if not (answer or "").strip():
         raise ValidationFailed("The answer is empty.", field="answer")
+    if len(answer) > limits.QUERY_TEXT_MAX_LENGTH:
+        raise ValidationFailed(
+            f"An answer is at most {limits.QUERY_TEXT_MAX_LENGTH} characters.", field="answer")
     query.answer, query.status = answer.strip(), DataQuery.Status.ANSWERED
     query.answered_by, query.answered_at = acting_user, timezone.now()
     return audited_save(query, acting_user=acting_user, reason="query answered")

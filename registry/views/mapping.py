@@ -7,11 +7,11 @@ from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
 from django.db.models import Prefetch
 from django.http import HttpRequest, HttpResponse, JsonResponse
-from django.shortcuts import get_object_or_404, redirect, render
+from django.shortcuts import get_object_or_404, render
 from django.utils.translation import gettext as _
 from django.views.decorators.http import require_POST
 
-from registry import access
+from registry import access, limits
 from registry.errors import RegistryError
 from registry.models import (
     Concept,
@@ -31,6 +31,7 @@ from registry.services.mapping import (
     term_mark_unmappable,
 )
 from registry.services.organisation import require_site_role
+from registry.views.common import id_param, ids_param, redirect_back, search_too_long
 
 PAGE_SIZE = 25
 
@@ -73,7 +74,7 @@ def review_queue(request: HttpRequest) -> HttpResponse:
     if domain in Domain.values:
         terms = terms.filter(domain=domain)
     if request.GET.get("site"):
-        terms = terms.filter(site__code=request.GET["site"])
+        terms = terms.filter(site__code=request.GET["site"][:limits.SEARCH_MAX_LENGTH])
     page = Paginator(terms, PAGE_SIZE).get_page(request.GET.get("page"))
     rows = []
     waiting = _waiting_samples({term.site_id for term in page})
@@ -108,34 +109,38 @@ def review_act(request: HttpRequest) -> HttpResponse:
     action = request.POST.get("action")
     try:
         if action == "approve":
-            term = get_object_or_404(terms, pk=request.POST.get("term"))
-            concept = get_object_or_404(Concept, pk=request.POST.get("concept"),
+            term = get_object_or_404(terms, pk=id_param(request.POST.get("term")))
+            concept = get_object_or_404(Concept, pk=id_param(request.POST.get("concept")),
                                         domain=term.domain)
             mapping_review_approve(term=term, concept=concept, acting_user=request.user)
             _warn_locked(request, term)
         elif action == "choose":
-            term = get_object_or_404(terms, pk=request.POST.get("term"))
+            term = get_object_or_404(terms, pk=id_param(request.POST.get("term")))
             vocabulary, _sep, code = request.POST.get("concept_code", "").partition(":")
             concept = Concept.objects.filter(vocabulary__code=vocabulary, code=code,
                                              domain=term.domain).first()
             if concept is None:
                 messages.error(request, _("No such concept: choose one from the list."))
-                return redirect(request.META.get("HTTP_REFERER") or "mapping_queue")
+                return redirect_back(request, "mapping_queue")
             mapping_review_approve(term=term, concept=concept, acting_user=request.user)
             _warn_locked(request, term)
         elif action == "reject":
             mapping = get_object_or_404(TermMapping.objects.filter(site_term__in=terms),
-                                        pk=request.POST.get("mapping"))
+                                        pk=id_param(request.POST.get("mapping")))
             require_site_role(request.user, mapping.site_term.site, REVIEW_ROLES)
             mapping_reject(mapping=mapping, acting_user=request.user)
             _warn_locked(request, mapping.site_term)
         elif action == "unmappable":
-            term = get_object_or_404(terms, pk=request.POST.get("term"))
-            term_mark_unmappable(term=term, acting_user=request.user,
-                                 reason=request.POST.get("reason", ""))
+            term = get_object_or_404(terms, pk=id_param(request.POST.get("term")))
+            reason = request.POST.get("reason", "")
+            if len(reason) > limits.REASON_MAX_LENGTH:
+                messages.error(request, _("A reason is at most %(n)d characters.")
+                               % {"n": limits.REASON_MAX_LENGTH})
+                return redirect_back(request, "mapping_queue")
+            term_mark_unmappable(term=term, acting_user=request.user, reason=reason)
         elif action == "bulk":
             count = 0
-            for term in terms.filter(pk__in=request.POST.getlist("terms")):
+            for term in terms.filter(pk__in=ids_param(request.POST.getlist("terms"))):
                 best = suggest(term.domain, term.text, site=term.site, limit=1)
                 if best:
                     mapping_review_approve(term=term,
@@ -148,7 +153,7 @@ def review_act(request: HttpRequest) -> HttpResponse:
             messages.error(request, _("Unknown action."))
     except RegistryError as error:
         messages.error(request, error.summary())
-    return redirect(request.META.get("HTTP_REFERER") or "mapping_queue")
+    return redirect_back(request, "mapping_queue")
 
 
 @login_required
@@ -156,6 +161,8 @@ def concept_search(request: HttpRequest) -> JsonResponse:
     """Concepts of a domain by code, name or synonym, for picking another concept."""
     domain = request.GET.get("domain", "")
     q = request.GET.get("q", "").strip()
+    if len(q) > limits.SEARCH_MAX_LENGTH:
+        return search_too_long()
     if domain not in Domain.values or not q:
         return JsonResponse({"results": []})
     return JsonResponse({"results": [

@@ -17,7 +17,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.utils.translation import gettext as _
 from django.views.decorators.http import require_POST
 
-from registry import access, forms
+from registry import access, forms, limits
 from registry.csvsafe import spreadsheet_safe
 from registry.errors import RegistryError, StaleEdit
 from registry.models import DataQuery, Department, RecordStatus, Role
@@ -64,15 +64,21 @@ def home(request: HttpRequest) -> HttpResponse:
 
 @login_required
 def patient_list(request: HttpRequest) -> HttpResponse:
-    params = {k: request.GET.get(k, "") for k in ("q", "cancer", "status", "department", "site")}
+    sites = access.sites_visible(request.user)
+    departments = Department.objects.filter(site__in=sites).select_related("site")
+    filters = forms.PatientFilterForm(request.GET, statuses=RecordStatus.choices,
+                                      departments=departments, sites=sites)
+    params, dropped = filters.filters()
+    if dropped:
+        messages.warning(request, _("These filters were not valid and were ignored: %(fields)s.")
+                         % {"fields": ", ".join(dropped)})
     patients = patient_search(request.user, **params).prefetch_related(
         "diagnoses__cancer")
     page = Paginator(patients, PAGE_SIZE).get_page(request.GET.get("page"))
     return render(request, "registry/patient_list.html", {
         "page": page, "params": params, "statuses": RecordStatus.choices,
-        "sites": access.sites_visible(request.user),
-        "departments": Department.objects.filter(site__in=access.sites_visible(request.user)),
-        "cancers": ["C15", "C16", "C18", "C19", "C20", "C22", "C25", "C34", "C50"],
+        "sites": sites, "departments": departments, "cancers": forms.CANCER_FILTERS,
+        "search_max_length": limits.SEARCH_MAX_LENGTH,
         "query_string": urlencode({k: v for k, v in params.items() if v}),
     })
 
@@ -147,6 +153,7 @@ def record_edit(request: HttpRequest, registry_id: str, kind: str, pk: int) -> H
         initial = spec.initial(record)
     initial["version"] = record.version
     form = spec_form(request.POST or None, initial=initial)
+    form.fields["version"].required = True  # an edit without it could overwrite another's
     if kind == "patient":
         form.fields["department"].choices = [("", "—")] + [
             (str(d.pk), d.name) for d in record.site.departments.all()]

@@ -6,18 +6,22 @@ from __future__ import annotations
 from django.contrib.auth.decorators import login_required
 from django.db.models import Q
 from django.http import HttpRequest, JsonResponse
+from django.utils.translation import gettext as _
 
-from registry import access
+from registry import access, limits
 from registry.errors import ValidationFailed
 from registry.models import Concept, Domain, MappingStatus
 from registry.services.clinical import lab_value_parse
 from registry.services.mapping import exact_concept
 from registry.services.terminology import approved_concept, convert_to_canonical
+from registry.views.common import search_too_long
 
 LIMIT = 15
 
 
 def _concept_for(user, domain: str, text: str) -> Concept | None:
+    if len(text) > limits.TERM_TEXT_MAX_LENGTH:
+        return None  # longer than any word the registry holds
     term = access.site_terms_visible(user).filter(domain=domain, text=text).first()
     return approved_concept(term) if term else exact_concept(domain, text)
 
@@ -28,6 +32,8 @@ def suggest(request: HttpRequest) -> JsonResponse:
     name or synonym, Chinese or English: typing DDP or 顺铂 offers cisplatin."""
     domain = request.GET.get("domain", "")
     q = request.GET.get("q", "").strip()
+    if len(q) > limits.SEARCH_MAX_LENGTH:
+        return search_too_long()
     if domain not in Domain.values or not q:
         return JsonResponse({"results": []})
     results, seen = [], set()
@@ -91,8 +97,12 @@ def propose_grade(lab: Concept, value: float) -> tuple[str, int] | None:
 def lab_preview(request: HttpRequest) -> JsonResponse:
     lab = _concept_for(request.user, Domain.LAB, request.GET.get("test", ""))
     unit = _concept_for(request.user, Domain.UNIT, request.GET.get("unit", ""))
+    value = request.GET.get("value", "")
+    if len(value) > limits.LAB_VALUE_MAX_LENGTH:
+        return JsonResponse({"error": _("A lab value is at most %(n)d characters.")
+                             % {"n": limits.LAB_VALUE_MAX_LENGTH}}, status=400)
     try:
-        comparator, number = lab_value_parse(request.GET.get("value", ""))
+        comparator, number = lab_value_parse(value)
     except ValidationFailed as error:
         return JsonResponse({"error": error.summary()})
     if lab is None or unit is None:
