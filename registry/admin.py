@@ -33,7 +33,7 @@ from django_otp.plugins.otp_totp.models import TOTPDevice
 from simple_history.admin import SimpleHistoryAdmin
 from simple_history.utils import get_history_model_for_model
 
-from registry import access
+from registry import access, limits
 from registry.models import (
     AdverseEvent,
     Concept,
@@ -57,11 +57,8 @@ from registry.models import (
 )
 from registry.services.organisation import staff_grant_for_role
 
-# The audit trail's reason column (django-simple-history's), read from the column itself so the
-# form can never accept a reason the database would refuse.
-CHANGE_REASON_MAX_LENGTH = (
-    get_history_model_for_model(Site)._meta.get_field("history_change_reason").max_length
-)
+# A reason typed here obeys the same limit as one typed on the registry's own pages.
+CHANGE_REASON_MAX_LENGTH = limits.REASON_MAX_LENGTH
 DELETED_IN_ADMIN = "deleted in admin"
 
 

@@ -7,7 +7,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('registry', '0005_patient_followup_summary'),
+        ('registry', '0006_history_reason_text'),
     ]
 
     operations = [
