@@ -28,7 +28,6 @@ from django.core.exceptions import BadRequest, PermissionDenied, ValidationError
 from django.db import models, transaction
 from django.http import Http404
 from django.utils.translation import gettext_lazy as _
-from django_otp.plugins.otp_totp.admin import TOTPDeviceAdmin
 from django_otp.plugins.otp_totp.models import TOTPDevice
 from simple_history.admin import SimpleHistoryAdmin
 from simple_history.utils import get_history_model_for_model
@@ -536,8 +535,14 @@ class LoginFailureLogAdmin(RegistryAdminOnly, RefuseNulBytes, AccessFailureLogAd
         return False
 
 
-class SecondFactorDeviceAdmin(RegistryAdminOnly, RefuseNulBytes, TOTPDeviceAdmin):
-    pass
+class SecondFactorDeviceAdmin(RegistryAdminOnly, RefuseNulBytes, admin.ModelAdmin):
+    # Not django-otp's own admin: its pages show a device's secret key and QR code, which no one
+    # but the device's owner, at enrolment, may see.
+    list_display = ["user", "name", "confirmed", "last_used_at"]
+    list_filter = ["confirmed"]
+    search_fields = ["user__username", "name"]
+    fields = ["user", "name", "confirmed", "created_at", "last_used_at"]
+    readonly_fields = fields
 
 
 for _model, _admin_class in [(AccessAttempt, LockoutAdmin), (AccessLog, LoginLogAdmin),

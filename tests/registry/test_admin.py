@@ -450,8 +450,9 @@ def test_a_membership_that_breaks_the_role_rule_is_refused_at_the_form(client, w
 
 def test_malformed_ids_are_not_found(client, world, ada):
     client.force_login(ada)
+    # A NUL character in the path is refused before the admin sees it (RefuseNulMiddleware).
+    assert client.get("/admin/registry/patient/1%00/history/").status_code == 400
     for url in ["/admin/registry/patient/abc/change/", "/admin/registry/patient/abc/history/",
-                "/admin/registry/patient/1%00/history/",
                 f"/admin/registry/patient/{world['patient_a'].pk}/history/abc/",
                 "/admin/registry/patient/abc/delete/", "/admin/auth/user/abc/change/"]:
         assert client.get(url).status_code == 404, url
@@ -552,6 +553,10 @@ def test_hostile_form_values_are_refused_at_the_field(client, world, ada, model)
         for value in HOSTILE_VALUES:
             before = _snapshot(model)
             response = client.post(url, {**base, field: value})
+            if "\x00" in value:  # refused for the whole request (RefuseNulMiddleware)
+                assert response.status_code == 400, (field, value[:20])
+                assert _snapshot(model) == before, (field, value[:20])
+                continue
             assert response.status_code in (200, 302), (field, value[:20])
             if response.status_code == 200:
                 assert response.context["adminform"].form.errors, (field, value[:20])

@@ -34,6 +34,7 @@ from registry.services import clinical
 from registry.services.organisation import user_add
 from registry.services.terminology import site_term_get_or_create
 from registry.views.kinds import KINDS
+from tests.conftest import persona_password
 from tests.registry import factories
 from tests.registry.formdata import record_form
 
@@ -55,7 +56,7 @@ def record_a(site_a, alice):
 @pytest.fixture
 def monitor(site_a):
     return user_add(username=LONG_LOGIN, role=Role.MONITOR, site_codes=[site_a.code],
-                    password="pw-monitor", acting_user=None)[0]
+                    password=persona_password("monitor"), acting_user=None)[0]
 
 
 def _record(kind: str, patient: Patient):
@@ -132,7 +133,8 @@ def test_every_workflow_action_on_every_kind_outside_a_test_transaction(client, 
     assert DataQuery.objects.get(pk=query.pk).status == DataQuery.Status.CLOSED
 
     for action, status in (("verify", RecordStatus.VERIFIED), ("lock", RecordStatus.LOCKED)):
-        response = _sign(client, record_a, kind, record, action, password="pw-monitor")
+        response = _sign(client, record_a, kind, record, action,
+                         password=persona_password("monitor"))
         assert response.status_code == 302, (action, response.content[:300])
         row = model.objects.get(pk=record.pk)
         assert row.status == status
