@@ -228,28 +228,32 @@ def update_audited(
     """One set-based UPDATE of `model`'s table (aliased `t`) and, in the same statement, the
     history row of every row it changed, as django-simple-history writes for a save(): the
     row's new values, history_type "~", the acting user (else the system account), the
-    reason and the time. Auto-updated timestamps are set to now, as save() sets them.
+    reason and the time of the statement (as `timezone.now()`, not the transaction's start).
+    Auto-updated timestamps take the same time, as save() sets them.
 
     `assignments` is the SET list (e.g. "drug_id = %s, version = t.version + 1"),
     `from_sql` an optional FROM clause and `where` the condition, each with its own
     parameters. Returns the number of rows changed. PostgreSQL only (a data-modifying WITH)."""
     from django.db import connection
+    from django.utils import timezone
 
     reason = _require_reason(reason)
     user = history_user(acting_user)
+    now = timezone.now()
     table = model._meta.db_table
     history = model.history.model._meta.db_table
     columns = ", ".join(history_columns(model))
-    stamps = "".join(f", {f.column} = now()" for f in model._meta.concrete_fields
-                     if getattr(f, "auto_now", False))
+    stamped = [f.column for f in model._meta.concrete_fields if getattr(f, "auto_now", False)]
+    stamps = "".join(f", {column} = %s" for column in stamped)
     # Table and column names come from the model; values are always bound parameters.
     sql = (
         f"WITH changed AS (UPDATE {table} AS t SET {assignments}{stamps} {from_sql} "  # noqa: S608
         f"WHERE {where} RETURNING t.*) "
         f"INSERT INTO {history} ({columns}, history_date, history_change_reason, "
         f"history_type, history_user_id) "
-        f"SELECT {columns}, now(), %s, '~', %s FROM changed"
+        f"SELECT {columns}, %s, %s, '~', %s FROM changed"
     )
     with connection.cursor() as cursor:
-        cursor.execute(sql, [*set_params, *from_params, *where_params, reason, user.pk])
+        cursor.execute(sql, [*set_params, *[now] * len(stamped), *from_params, *where_params,
+                             now, reason, user.pk])
         return cursor.rowcount
