@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 
 from django.contrib.auth.models import User
 from django.db import connection, models, transaction
-from django.db.models import Count, Max
+from django.db.models import Count, Max, Min, Q
 from django.utils import timezone
 from rapidfuzz import fuzz, process
 
@@ -358,11 +358,13 @@ def recode(
     locked: list[LockedRow] = []
     for model, term_field, concept_field in USES[site_term.domain]:
         rows = _recodable(model, term_field, concept_field, site_term, concept)
-        locked += _locked_rows(rows.filter(status=RecordStatus.LOCKED)
-                               .select_related("site", "patient").order_by("pk"))
+        survey = _survey(model, concept_field, rows)
+        if survey.locked:
+            locked += _locked_rows(rows.filter(status=RecordStatus.LOCKED)
+                                   .select_related("site", "patient").order_by("pk"))
         if connection.vendor == "postgresql":
             changed += _recode_in_sets(model, term_field, concept_field, site_term, concept,
-                                       acting_user=acting_user, reason=reason,
+                                       survey, acting_user=acting_user, reason=reason,
                                        batch_ids=batch_ids)
         else:  # the embedded SQLite demo: no data-modifying WITH
             changed += _recode_row_by_row(model, concept_field, rows, concept,
@@ -380,18 +382,41 @@ def _recodable(model: type[models.Model], term_field: str, concept_field: str,
     return rows.exclude(**{f"{concept_field}_id": concept.pk})
 
 
+@dataclass(frozen=True)
+class _Survey:
+    """One pass over a use's rows to re-code: their id range, how many are locked, and (for
+    labs) the other coded column's distinct values, which decide the canonical form."""
+
+    low: int | None
+    high: int | None
+    locked: int
+    others: tuple[int | None, ...] = ()
+
+
+def _other_lab_field(concept_field: str) -> str:
+    return "unit" if concept_field == "lab" else "lab"
+
+
+def _survey(model: type[models.Model], concept_field: str, rows: models.QuerySet) -> _Survey:
+    group = [f"{_other_lab_field(concept_field)}_id"] if model is LabResult else []
+    found = list(rows.values(*group).annotate(
+        low=Min("pk"), high=Max("pk"),
+        locked=Count("pk", filter=Q(status=RecordStatus.LOCKED))).order_by())
+    if not found:
+        return _Survey(low=None, high=None, locked=0)
+    return _Survey(low=min(f["low"] for f in found), high=max(f["high"] for f in found),
+                   locked=sum(f["locked"] for f in found),
+                   others=tuple(f[group[0]] for f in found) if group else ())
+
+
 def _recode_in_sets(model: type[models.Model], term_field: str, concept_field: str,
-                    site_term: SiteTerm, concept: Concept | None, *,
+                    site_term: SiteTerm, concept: Concept | None, survey: _Survey, *,
                     acting_user: User | None, reason: str, batch_ids: int) -> int:
     """One UPDATE ... FROM per id range, with its history rows (see `update_audited`)."""
-    table, pk = model._meta.db_table, model._meta.pk.column
+    pk = model._meta.pk.column
     term_column = model._meta.get_field(term_field).column
     concept_column = model._meta.get_field(concept_field).column
-    with connection.cursor() as cursor:
-        # Names come from the model, values are bound.
-        cursor.execute(f"SELECT min({pk}), max({pk}) FROM {table} "  # noqa: S608
-                       f"WHERE {term_column} = %s", [site_term.pk])
-        low, high = cursor.fetchone()
+    low, high = survey.low, survey.high
     if low is None:
         return 0
     concept_id = concept.pk if concept else None
@@ -399,7 +424,7 @@ def _recode_in_sets(model: type[models.Model], term_field: str, concept_field: s
     from_sql, from_params = "", []
     join = ""
     if model is LabResult:
-        canonical = _canonical_rules(model, term_column, concept_field, site_term, concept)
+        canonical = _canonical_rules(concept_field, concept, survey.others)
         assignments += (", value_canonical = t.value * r.factor, "
                         "canonical_unit_id = r.canonical_unit_id, unit_flag = r.flag")
         from_sql, from_params, join = canonical
@@ -424,20 +449,16 @@ def _recode_in_sets(model: type[models.Model], term_field: str, concept_field: s
     return changed
 
 
-def _canonical_rules(model: type[models.Model], term_column: str, concept_field: str,
-                     site_term: SiteTerm, concept: Concept | None
-                     ) -> tuple[str, list, str]:
+def _canonical_rules(concept_field: str, concept: Concept | None,
+                     others: tuple[int | None, ...]) -> tuple[str, list, str]:
     """The canonical form of the word's lab rows once `concept` is their lab or unit, as a
     FROM clause `r` of (factor, canonical unit, flag) per case, its parameters and its join
-    condition on `t`. Each case is decided by `lab_canonical` itself (the one rule, also
-    used by forms and imports), on the canonical value of 1 in the unit as written: the
-    same rule as every other path, applied to a set."""
-    other_field = "unit" if concept_field == "lab" else "lab"
+    condition on `t`; `others` are the values of the other coded column among the rows.
+    Each case is decided by `lab_canonical` itself (the one rule, also used by forms and
+    imports), on the canonical value of 1 in the unit as written: the same rule as every
+    other path, applied to a set."""
+    other_field = _other_lab_field(concept_field)
     other_column = LabResult._meta.get_field(other_field).column
-    with connection.cursor() as cursor:
-        cursor.execute(f"SELECT DISTINCT {other_column} FROM {model._meta.db_table} "  # noqa: S608
-                       f"WHERE {term_column} = %s", [site_term.pk])
-        others = [row[0] for row in cursor.fetchall()]
     concepts = Concept.objects.in_bulk([o for o in others if o is not None])
     cases, params = [], []
     for other in others:
