@@ -211,3 +211,49 @@ def copy_text(series: pd.Series) -> list[str]:
         mapping = {v: _text_value(v) for v in present.unique()}
         out[~missing] = present.map(mapping).to_numpy()
     return out.tolist()
+
+
+def update_audited(
+    model: type[Model],
+    *,
+    assignments: str,
+    where: str,
+    acting_user: User | None,
+    reason: str,
+    set_params: Sequence = (),
+    where_params: Sequence = (),
+    from_sql: str = "",
+    from_params: Sequence = (),
+) -> int:
+    """One set-based UPDATE of `model`'s table (aliased `t`) and, in the same statement, the
+    history row of every row it changed, as django-simple-history writes for a save(): the
+    row's new values, history_type "~", the acting user (else the system account), the
+    reason and the time of the statement (as `timezone.now()`, not the transaction's start).
+    Auto-updated timestamps take the same time, as save() sets them.
+
+    `assignments` is the SET list (e.g. "drug_id = %s, version = t.version + 1"),
+    `from_sql` an optional FROM clause and `where` the condition, each with its own
+    parameters. Returns the number of rows changed. PostgreSQL only (a data-modifying WITH)."""
+    from django.db import connection
+    from django.utils import timezone
+
+    reason = _require_reason(reason)
+    user = history_user(acting_user)
+    now = timezone.now()
+    table = model._meta.db_table
+    history = model.history.model._meta.db_table
+    columns = ", ".join(history_columns(model))
+    stamped = [f.column for f in model._meta.concrete_fields if getattr(f, "auto_now", False)]
+    stamps = "".join(f", {column} = %s" for column in stamped)
+    # Table and column names come from the model; values are always bound parameters.
+    sql = (
+        f"WITH changed AS (UPDATE {table} AS t SET {assignments}{stamps} {from_sql} "  # noqa: S608
+        f"WHERE {where} RETURNING t.*) "
+        f"INSERT INTO {history} ({columns}, history_date, history_change_reason, "
+        f"history_type, history_user_id) "
+        f"SELECT {columns}, %s, %s, '~', %s FROM changed"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [*set_params, *[now] * len(stamped), *from_params, *where_params,
+                             now, reason, user.pk])
+        return cursor.rowcount

@@ -8,16 +8,17 @@ word (learned), then fuzzy similarity (rapidfuzz).
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
 from dataclasses import asdict, dataclass
 
 from django.contrib.auth.models import User
-from django.db import models, transaction
-from django.db.models import Count, Max
+from django.db import connection, models, transaction
+from django.db.models import Count, Max, Min, Q
 from django.utils import timezone
 from rapidfuzz import fuzz, process
 
-from registry.audit import audited_save, bulk_update_audited
+from registry.audit import audited_save, bulk_update_audited, update_audited
 from registry.errors import ValidationFailed
 from registry.models import (
     AdverseEvent,
@@ -43,6 +44,8 @@ from registry.services.terminology import (
 from registry.services.terminology import (
     normalise_for_domain as _normalise,
 )
+
+logger = logging.getLogger(__name__)
 
 SCORE = {TermMapping.Method.EXACT: 1.0, TermMapping.Method.SYNONYM: 0.97}
 FUZZY_CEILING = 0.9  # a fuzzy match never outranks an exact one
@@ -331,47 +334,175 @@ def _locked_rows(rows: list[models.Model]) -> list[LockedRow]:
                       kind=row._meta.model_name, id=row.pk) for row in rows]
 
 
-def _rows_to_recode(site_term: SiteTerm, concept: Concept | None):
-    """(model, concept field, rows of `site_term` whose concept is not `concept`) per use."""
-    for model, term_field, concept_field in USES[site_term.domain]:
-        rows = model.objects.filter(**{term_field: site_term})
-        if concept is None:
-            rows = rows.filter(**{f"{concept_field}__isnull": False})
-        else:
-            rows = rows.exclude(**{f"{concept_field}_id": concept.pk})
-        yield model, concept_field, rows
+# Rows per re-coding statement, by id range: memory and each statement's work stay bounded
+# however many rows use the word.
+RECODE_BATCH_IDS = 100_000
 
 
 @transaction.atomic
 def recode(
-    site_term: SiteTerm, concept: Concept | None, *, acting_user: User | None, reason: str
+    site_term: SiteTerm, concept: Concept | None, *, acting_user: User | None, reason: str,
+    batch_ids: int = RECODE_BATCH_IDS,
 ) -> RecodeResult:
     """Point every row that came from `site_term` at `concept`; labs get their canonical value
     recomputed. Locked records are never changed here (only an unlock opens them): they keep
     their old concept and are returned in `locked`, and `recode_pending` lists them until they
     are re-coded: when unlocked (`record_unlock` calls `record_recode`), or by approving the
-    same concept again."""
+    same concept again.
+
+    Set-based on PostgreSQL: per use of the word, one UPDATE per range of `batch_ids` ids,
+    each writing the history rows of the rows it changed in the same statement (version
+    bumped, the acting user and `reason`), all in this transaction; memory does not grow with
+    the number of rows."""
     changed = 0
     locked: list[LockedRow] = []
-    for model, concept_field, rows in _rows_to_recode(site_term, concept):
-        locked += _locked_rows(rows.filter(status=RecordStatus.LOCKED)
-                               .select_related("site", "patient").order_by("pk"))
-        rows = rows.exclude(status=RecordStatus.LOCKED).select_for_update(of=("self",))
-        if model is LabResult:
-            rows = rows.select_related("lab", "unit")
-        rows = list(rows)
-        fields = [concept_field, "version"]
-        for row in rows:
+    for model, term_field, concept_field in USES[site_term.domain]:
+        rows = _recodable(model, term_field, concept_field, site_term, concept)
+        survey = _survey(model, concept_field, rows)
+        if survey.locked:
+            locked += _locked_rows(rows.filter(status=RecordStatus.LOCKED)
+                                   .select_related("site", "patient").order_by("pk"))
+        if connection.vendor == "postgresql":
+            changed += _recode_in_sets(model, term_field, concept_field, site_term, concept,
+                                       survey, acting_user=acting_user, reason=reason,
+                                       batch_ids=batch_ids)
+        else:  # the embedded SQLite demo: no data-modifying WITH
+            changed += _recode_row_by_row(model, concept_field, rows, concept,
+                                          acting_user=acting_user, reason=reason,
+                                          batch_ids=batch_ids)
+    return RecodeResult(changed=changed, locked=tuple(locked))
+
+
+def _recodable(model: type[models.Model], term_field: str, concept_field: str,
+               site_term: SiteTerm, concept: Concept | None) -> models.QuerySet:
+    """Rows of `model` from `site_term` whose concept is not `concept`."""
+    rows = model.objects.filter(**{term_field: site_term})
+    if concept is None:
+        return rows.filter(**{f"{concept_field}__isnull": False})
+    return rows.exclude(**{f"{concept_field}_id": concept.pk})
+
+
+@dataclass(frozen=True)
+class _Survey:
+    """One pass over a use's rows to re-code: their id range, how many are locked, and (for
+    labs) the other coded column's distinct values, which decide the canonical form."""
+
+    low: int | None
+    high: int | None
+    locked: int
+    others: tuple[int | None, ...] = ()
+
+
+def _other_lab_field(concept_field: str) -> str:
+    return "unit" if concept_field == "lab" else "lab"
+
+
+def _survey(model: type[models.Model], concept_field: str, rows: models.QuerySet) -> _Survey:
+    group = [f"{_other_lab_field(concept_field)}_id"] if model is LabResult else []
+    found = list(rows.values(*group).annotate(
+        low=Min("pk"), high=Max("pk"),
+        locked=Count("pk", filter=Q(status=RecordStatus.LOCKED))).order_by())
+    if not found:
+        return _Survey(low=None, high=None, locked=0)
+    return _Survey(low=min(f["low"] for f in found), high=max(f["high"] for f in found),
+                   locked=sum(f["locked"] for f in found),
+                   others=tuple(f[group[0]] for f in found) if group else ())
+
+
+def _recode_in_sets(model: type[models.Model], term_field: str, concept_field: str,
+                    site_term: SiteTerm, concept: Concept | None, survey: _Survey, *,
+                    acting_user: User | None, reason: str, batch_ids: int) -> int:
+    """One UPDATE ... FROM per id range, with its history rows (see `update_audited`)."""
+    pk = model._meta.pk.column
+    term_column = model._meta.get_field(term_field).column
+    concept_column = model._meta.get_field(concept_field).column
+    low, high = survey.low, survey.high
+    if low is None:
+        return 0
+    concept_id = concept.pk if concept else None
+    assignments = f"{concept_column} = %s, version = t.version + 1"
+    from_sql, from_params = "", []
+    join = ""
+    if model is LabResult:
+        canonical = _canonical_rules(concept_field, concept, survey.others)
+        assignments += (", value_canonical = t.value * r.factor, "
+                        "canonical_unit_id = r.canonical_unit_id, unit_flag = r.flag")
+        from_sql, from_params, join = canonical
+    changed = 0
+    for start in range(low, high + 1, batch_ids):
+        changed += update_audited(
+            model,
+            assignments=assignments,
+            set_params=[concept_id],
+            from_sql=from_sql,
+            from_params=from_params,
+            where=(f"t.{pk} >= %s AND t.{pk} < %s AND t.{term_column} = %s "
+                   f"AND t.status <> %s AND t.{concept_column} IS DISTINCT FROM %s{join}"),
+            where_params=[start, start + batch_ids, site_term.pk, RecordStatus.LOCKED,
+                          concept_id],
+            acting_user=acting_user,
+            reason=reason,
+        )
+        logger.info("re-coding %s %s: ids up to %s of %s, %s rows changed",
+                    site_term.domain, site_term.pk, min(start + batch_ids - 1, high), high,
+                    changed)
+    return changed
+
+
+def _canonical_rules(concept_field: str, concept: Concept | None,
+                     others: tuple[int | None, ...]) -> tuple[str, list, str]:
+    """The canonical form of the word's lab rows once `concept` is their lab or unit, as a
+    FROM clause `r` of (factor, canonical unit, flag) per case, its parameters and its join
+    condition on `t`; `others` are the values of the other coded column among the rows.
+    Each case is decided by `lab_canonical` itself (the one rule, also used by forms and
+    imports), on the canonical value of 1 in the unit as written: the same rule as every
+    other path, applied to a set."""
+    other_field = _other_lab_field(concept_field)
+    other_column = LabResult._meta.get_field(other_field).column
+    concepts = Concept.objects.in_bulk([o for o in others if o is not None])
+    cases, params = [], []
+    for other in others:
+        pair = {concept_field: concept, other_field: concepts.get(other)}
+        for unit_given in (True, False):
+            for value in (1.0, None):
+                factor, canonical_unit, flag = lab_canonical(
+                    lab=pair["lab"], unit=pair["unit"], value=value, unit_given=unit_given)
+                cases.append("(%s::bigint, %s::boolean, %s::boolean, %s::float8, %s::bigint, "
+                             "%s::text)")
+                params += [other or 0, unit_given, value is None, factor,
+                           canonical_unit.pk if canonical_unit else None, flag]
+    from_sql = (f"FROM (VALUES {', '.join(cases)}) "
+                "AS r(other, unit_given, value_missing, factor, canonical_unit_id, flag)")
+    join = (f" AND r.other = coalesce(t.{other_column}, 0) "
+            "AND r.unit_given = (t.unit_term_id IS NOT NULL) "
+            "AND r.value_missing = (t.value IS NULL)")
+    return from_sql, params, join
+
+
+def _recode_row_by_row(model: type[models.Model], concept_field: str, rows: models.QuerySet,
+                       concept: Concept | None, *, acting_user: User | None, reason: str,
+                       batch_ids: int) -> int:
+    """The same re-code through the ORM, a batch at a time (databases without a
+    data-modifying WITH)."""
+    rows = rows.exclude(status=RecordStatus.LOCKED).order_by("pk")
+    if model is LabResult:
+        rows = rows.select_related("lab", "unit")
+    fields = [concept_field, "version", "updated_at"]
+    if model is LabResult:
+        fields += ["value_canonical", "canonical_unit", "unit_flag"]
+    changed, after = 0, 0
+    while batch := list(rows.filter(pk__gt=after).select_for_update(of=("self",))[:batch_ids]):
+        now = timezone.now()
+        for row in batch:
             setattr(row, concept_field, concept)
             row.version += 1
+            row.updated_at = now
             if model is LabResult:
                 _lab_canonical(row)
-        if model is LabResult:
-            fields += ["value_canonical", "canonical_unit", "unit_flag"]
-        if rows:
-            bulk_update_audited(model, rows, fields, acting_user=acting_user, reason=reason)
-        changed += len(rows)
-    return RecodeResult(changed=changed, locked=tuple(locked))
+        bulk_update_audited(model, batch, fields, acting_user=acting_user, reason=reason)
+        changed += len(batch)
+        after = batch[-1].pk
+    return changed
 
 
 def recode_pending(site_term: SiteTerm) -> list[LockedRow]:
@@ -379,7 +510,8 @@ def recode_pending(site_term: SiteTerm) -> list[LockedRow]:
     alone (and, if any was unlocked since, not yet re-coded)."""
     concept = None if site_term.unmappable else approved_concept(site_term)
     pending: list[LockedRow] = []
-    for _model, _field, rows in _rows_to_recode(site_term, concept):
+    for model, term_field, concept_field in USES[site_term.domain]:
+        rows = _recodable(model, term_field, concept_field, site_term, concept)
         pending += _locked_rows(rows.select_related("site", "patient").order_by("pk"))
     return pending
 

@@ -15,6 +15,8 @@ class Command(BaseCommand):
         parser.add_argument("--json", action="store_true",
                             help="print one JSON object per measured figure")
         parser.add_argument("--list", action="store_true")
+        parser.add_argument("--rows", type=int,
+                            help="rows to work on, for benchmarks that take a count (recode)")
         parser.add_argument("--keepdb", action="store_true",
                             help="keep the scratch database and reuse it next time (pages)")
 
@@ -33,6 +35,8 @@ class Command(BaseCommand):
         progress = (lambda m: self.stderr.write(m)) if opts["json"] else self.stdout.write
         try:
             kwargs = {"keepdb": True} if opts["keepdb"] else {}
+            if opts["rows"] is not None:
+                kwargs["rows"] = opts["rows"]
             figures = function(patients=opts["patients"], progress=progress, **kwargs)
         except RuntimeError as exc:
             raise CommandError(str(exc)) from exc
