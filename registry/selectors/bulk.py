@@ -150,7 +150,8 @@ def _snapshot(model: type[models.Model], columns: Iterable[str], *, as_of, sites
         # The site is filtered after the latest version is found: a row's site is the one it
         # had at `as_of`, not one it had before.
         params.append(as_of)
-        sql = (f"SELECT {cols} FROM (SELECT DISTINCT ON (id) {cols}, history_type FROM {history}"  # noqa: S608
+        inner = cols if '"site_id"' in cols.split(", ") else f'{cols}, "site_id"'
+        sql = (f"SELECT {cols} FROM (SELECT DISTINCT ON (id) {inner}, history_type FROM {history}"  # noqa: S608
                f" WHERE history_date <= %s ORDER BY id, history_date DESC, history_id DESC) h")
         where = ["history_type <> '-'"]
     if sites is not None:
