@@ -54,6 +54,10 @@ FOLLOWUP_OVERDUE_DAYS = 365
 # How many failing record ids a result keeps for the drill-down.
 FAILING_IDS_KEPT = 1000
 
+# A run queued or running for longer than this is taken for lost (its worker died): a new
+# request for the same sites queues a new run instead of waiting for it.
+RUN_STALE_AFTER = dt.timedelta(hours=6)
+
 # How many past runs the trend shows.
 TREND_RUNS = 5
 
@@ -115,6 +119,13 @@ def completeness_checks(*, as_of: dt.date) -> list[Check]:
               ("dose", "dose_unit", "purpose"),
               lambda f: f["dose"].isna() | _blank(f["dose_unit"]),
               applies=lambda f: f["purpose"] == "antineoplastic"),
+        Check("DIAGNOSIS_CANCER_UNMAPPED", "diagnosis", Category.CONFORMANCE,
+              _("Diagnosis whose cancer word is not mapped to a standard concept"), 5.0,
+              ("cancer_id",), lambda f: f["cancer_id"].isna()),
+        Check("LAB_UNIT_UNCONVERTED", "labresult", Category.CONFORMANCE,
+              _("Lab value not converted to its canonical unit"), 5.0,
+              ("value", "unit_flag"), lambda f: ~_blank(f["unit_flag"]),
+              applies=lambda f: f["value"].notna()),
         Check("CYCLE_LENGTH_MISSING", "cycle", Category.COMPLETENESS,
               _("Cycle without its length in days"), 10.0, ("length_days",),
               lambda f: f["length_days"].isna()),
@@ -217,7 +228,8 @@ def quality_run_request(*, acting_user: User | None, site_ids: list[int] | None 
     with transaction.atomic():
         pending = (QualityRun.objects.select_for_update()
                    .filter(status__in=[QualityRun.Status.QUEUED, QualityRun.Status.RUNNING],
-                           site_ids=wanted).first())
+                           site_ids=wanted, created_at__gte=timezone.now() - RUN_STALE_AFTER)
+                   .first())
         if pending is not None:
             return pending
         run = QualityRun.objects.create(site_ids=wanted,

@@ -31,7 +31,7 @@ from registry.selectors.quality import (
     quality_site_report,
     quality_sites,
 )
-from registry.services.quality import quality_run_request
+from registry.services.quality import COHORT, quality_run_request
 
 PAGE_SIZE = 50
 
@@ -70,7 +70,7 @@ def failing_records(request: HttpRequest, code: str, check_code: str) -> HttpRes
     page = Paginator(records, PAGE_SIZE).get_page(request.GET.get("page"))
     return render(request, "registry/quality_records.html", {
         "site": site, "check": check, "result": result, "page": page,
-        "is_patient": check.kind == "cohort",
+        "is_patient": check.kind == COHORT,
         "shown": len(result.failing_ids),
     })
 

@@ -46,6 +46,8 @@ def cohort(site_a, site_b, alice, bob):
     clinical.diagnosis_record(patient=second, diagnosis_date=factories.DIAGNOSED
                               + dt.timedelta(days=3), cancer="C50", acting_user=alice)
     LabResult.objects.filter(patient=second).update(value_canonical=-3.0)  # a legacy row
+    clinical.lab_result_record(patient=second, test="ANC", value="7", unit="furlongs",
+                               collected_date=factories.DIAGNOSED, acting_user=alice)
     third = factories.full_record(site_a, alice)
     cycle = Cycle.objects.get(patient=third)
     clinical.drug_administration_record(cycle=cycle, drug="PEM", acting_user=alice)
@@ -71,6 +73,12 @@ def _counts(site, code: str, today: dt.date) -> tuple[int, int]:
     if code == "DRUG_DOSE_MISSING":
         rows = DrugAdministration.objects.filter(purpose="antineoplastic", **at)
         return rows.filter(Q(dose__isnull=True) | Q(dose_unit="")).count(), rows.count()
+    if code == "DIAGNOSIS_CANCER_UNMAPPED":
+        rows = Diagnosis.objects.filter(**at)
+        return rows.filter(cancer__isnull=True).count(), rows.count()
+    if code == "LAB_UNIT_UNCONVERTED":
+        rows = LabResult.objects.filter(value__isnull=False, **at)
+        return rows.exclude(unit_flag="").count(), rows.count()
     if code == "CYCLE_LENGTH_MISSING":
         rows = Cycle.objects.filter(**at)
         return rows.filter(length_days__isnull=True).count(), rows.count()
@@ -124,11 +132,14 @@ def test_figures_equal_independent_counts(cohort, site_a, site_b):
     assert QualityResult.objects.get(run=run, site=site_b, check_code="LAB_COUNT_NEGATIVE"
                                      ).failing == 0
     second = cohort[1]
-    lab = LabResult.objects.get(patient=second)
+    lab = LabResult.objects.get(patient=second, value_canonical__lt=0)
     assert QualityResult.objects.get(run=run, site=site_a, check_code="LAB_COUNT_NEGATIVE"
                                      ).failing_ids == [lab.pk]
     stage = QualityResult.objects.get(run=run, site=site_a, check_code="DIAGNOSIS_STAGE_MISSING")
     assert (stage.failing, stage.denominator, stage.passed) == (1, 4, False)
+    unconverted = QualityResult.objects.get(run=run, site=site_a,
+                                            check_code="LAB_UNIT_UNCONVERTED")
+    assert unconverted.failing == 1 and not unconverted.passed
 
 
 def test_every_rule_the_reader_can_feed_is_a_check(cohort):
@@ -334,3 +345,33 @@ def test_hostile_run_posts_never_5xx(client, mona, site_a, cohort):
     for site in ("NO-SUCH", "\x00", "x" * 5000, "SITE-B"):
         assert client.post("/quality/run", {"site": site}).status_code in {400, 404}
     assert not QualityRun.objects.exists()
+
+
+def test_the_nightly_task_queues_a_run_of_every_site_as_the_system(
+        cohort, site_a, site_b, django_capture_on_commit_callbacks, settings):
+    from registry.audit import SYSTEM_USERNAME
+    from registry.celery import app
+    from registry.tasks import quality_run_nightly_task
+
+    app.conf.task_always_eager = True  # the worker itself is tested above
+    try:
+        with django_capture_on_commit_callbacks(execute=True) as callbacks:
+            run_id = quality_run_nightly_task()
+    finally:
+        app.conf.task_always_eager = settings.CELERY_TASK_ALWAYS_EAGER
+    assert len(callbacks) == 1
+    run = QualityRun.objects.get(pk=run_id)
+    assert run.site_ids == [] and run.requested_by.username == SYSTEM_USERNAME
+    assert run.status == QualityRun.Status.DONE
+    assert set(QualityResult.objects.filter(run=run).values_list("site_id", flat=True)) == {
+        site_a.pk, site_b.pk}
+
+
+def test_a_lost_run_does_not_block_new_requests(cohort, mona, site_a):
+    from registry.services.quality import RUN_STALE_AFTER
+
+    lost = quality_run_request(acting_user=mona)
+    QualityRun.objects.filter(pk=lost.pk).update(
+        status=QualityRun.Status.RUNNING, created_at=timezone.now() - RUN_STALE_AFTER * 2)
+    fresh = quality_run_request(acting_user=mona)
+    assert fresh.pk != lost.pk and fresh.status == QualityRun.Status.QUEUED
