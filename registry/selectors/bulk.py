@@ -170,7 +170,7 @@ def _copy_frame(sql: str, params: Sequence, types: dict[str, str]) -> pd.DataFra
             for chunk in copy:
                 buffer.write(chunk)
     buffer.seek(0)
-    read_types = {name: ("string" if kind in {"text", "bool", "date", "datetime"} else
+    read_types = {name: (object if kind in {"text", "bool", "date", "datetime"} else
                          "Int64" if kind == "int" else "float64")
                   for name, kind in types.items()}
     frame = pd.read_csv(buffer, dtype=read_types, na_values=[_NULL], keep_default_na=False,
@@ -182,8 +182,8 @@ def _copy_frame(sql: str, params: Sequence, types: dict[str, str]) -> pd.DataFra
             frame[name] = pd.to_datetime(frame[name], utc=True, format="ISO8601")
         elif kind == "bool":
             frame[name] = frame[name].map({"t": True, "f": False}).astype("boolean")
-        elif kind == "text":
-            frame[name] = frame[name].astype(object).where(frame[name].notna(), None)
+        elif kind == "text":  # NULL is None, "" stays ""
+            frame[name] = frame[name].where(frame[name].notna(), None)
     return frame
 
 

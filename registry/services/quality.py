@@ -84,7 +84,8 @@ class Check:
 
 
 def _blank(series: pd.Series) -> pd.Series:
-    return series.isna() | (series.astype("string").str.strip() == "")
+    # The services store text stripped, so blank is empty or missing (a vectorised compare).
+    return series.isna() | (series == "")
 
 
 def _followup_overdue(as_of: dt.date) -> Callable[[pd.DataFrame], pd.Series]:
