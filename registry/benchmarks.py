@@ -351,3 +351,67 @@ def recode_benchmark(*, patients: int, rows: int = RECODE_ROWS, progress=print,
                           "peak_rss_before_recode_mib": round(rss_before, 1),
                           "ours_samples_s": [round(x, 3) for x in ours],
                           "baseline_samples_s": [round(x, 3) for x in baseline]})]
+
+
+@benchmark("dq")
+def dq_benchmark(*, patients: int, progress=print, keepdb: bool = False) -> list[Figure]:
+    """The whole data-quality run (every check, every site, results stored) against a
+    sequential read of the same tables in the same run (COPY of each table the run reads to
+    nowhere)."""
+    import os
+
+    from django.utils import timezone
+
+    from registry.models import Patient, QualityResult, QualityRun
+    from registry.selectors.bulk import KIND_MODELS
+    from registry.services.quality import COHORT, all_checks, quality_run_execute
+
+    with scratch_database(keep=keepdb):
+        if Patient.objects.count() != patients:
+            with connection.cursor() as cursor:
+                cursor.execute(f"TRUNCATE {', '.join(_tables())}, registry_siteterm, "
+                               f"registry_termmapping, registry_department, registry_site "
+                               f"CASCADE")
+            starter_vocabulary_load(acting_user=None)
+            seed(patients=patients, sites=max(1, min(300, patients // 1500)), seed=42,
+                 progress=progress)
+        with connection.cursor() as cursor:
+            for table in _tables():
+                cursor.execute(f"ANALYZE {table}")
+        checks = all_checks(as_of=timezone.localdate())[0]
+        kinds = {c.kind for c in checks} - {COHORT}
+        kinds |= {"patient", "diagnosis", "followup", "treatmentline"}  # the cohort view's
+        tables = sorted(KIND_MODELS[k]._meta.db_table for k in kinds)
+
+        def scan() -> float:
+            raw = connection.connection
+            watch = Stopwatch()
+            with watch.running(), open(os.devnull, "wb") as sink:
+                for table in tables:
+                    with raw.cursor() as cursor, cursor.copy(
+                            f"COPY {table} TO STDOUT WITH (FORMAT csv)") as copy:
+                        for chunk in copy:
+                            sink.write(chunk)
+            return watch.seconds
+
+        connection.ensure_connection()
+        scan()  # the same warm cache for both
+        run = QualityRun.objects.create()
+        watch = Stopwatch()
+        with watch.running():
+            quality_run_execute(run_id=run.pk)
+        run.refresh_from_db()
+        if run.status != QualityRun.Status.DONE:
+            raise RuntimeError(f"quality run ended {run.status}: {run.message}")
+        ours_rss = peak_rss_mib()
+        baseline = scan()
+        rows = 0
+        with connection.cursor() as cursor:
+            for table in tables:
+                cursor.execute(f"SELECT count(*) FROM {table}")  # noqa: S608
+                rows += cursor.fetchone()[0]
+        results = QualityResult.objects.filter(run=run).count()
+    return [Figure(name="dq", ours_s=watch.seconds, baseline="postgres_copy_scan_of_tables_read",
+                   baseline_s=baseline, rows=rows, peak_rss_mib=ours_rss,
+                   extra={"checks": len(checks), "results": results, "tables": len(tables),
+                          "patients": patients})]

@@ -6,6 +6,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
+from celery.schedules import crontab
 
 from registry.env import env_bool, env_int, env_list, env_secret, env_str
 
@@ -219,6 +220,8 @@ CELERY_TIMEZONE = TIME_ZONE
 CELERY_BEAT_SCHEDULE: dict = {
     "import-uploads-purge": {"task": "registry.import_uploads_purge", "schedule": 3600.0},
     "import-stale-requeue": {"task": "registry.import_stale_requeue", "schedule": 300.0},
+    "quality-run-nightly": {"task": "registry.quality_run_nightly",
+                            "schedule": crontab(hour=2, minute=30)},
 }
 
 REST_FRAMEWORK = {

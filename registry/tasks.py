@@ -14,6 +14,7 @@ from registry.services.imports import (
     import_stale_batches,
     import_uploads_purge,
 )
+from registry.services.quality import quality_run_execute, quality_run_nightly
 from registry.services.terminology import site_term_frequencies_refresh
 
 logger = logging.getLogger(__name__)
@@ -66,3 +67,15 @@ def import_stale_requeue_task() -> list[int]:
     for batch_id in stale:
         extract_import_task.delay(batch_id)
     return stale
+
+
+@shared_task(name="registry.quality_run")
+def quality_run_task(run_id: int) -> str:
+    """Run a queued data-quality run; safe to run twice (a run taken elsewhere is left)."""
+    run = quality_run_execute(run_id=run_id)
+    return "taken elsewhere" if run is None else run.status
+
+
+@shared_task(name="registry.quality_run_nightly")
+def quality_run_nightly_task() -> int:
+    return quality_run_nightly().pk

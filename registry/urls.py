@@ -2,7 +2,7 @@ from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
-from registry.views import auth, common, imports, mapping, pages, terms
+from registry.views import auth, common, imports, mapping, pages, quality, terms
 
 KIND = "<str:kind>/<int:pk>"
 
@@ -26,6 +26,13 @@ urlpatterns = [
     path("mapping/", mapping.review_queue, name="mapping_queue"),
     path("mapping/act", mapping.review_act, name="mapping_act"),
     path("mapping/concepts", mapping.concept_search, name="concept_search"),
+    path("quality/", quality.overview, name="quality_overview"),
+    path("quality/run", quality.run_start, name="quality_run"),
+    path("quality/export.csv", quality.export_csv, name="quality_export"),
+    path("quality/<str:code>/", quality.site_page, name="quality_site"),
+    path("quality/<str:code>/export.csv", quality.export_csv, name="quality_site_export"),
+    path("quality/<str:code>/<str:check_code>/", quality.failing_records,
+         name="quality_records"),
     path("terms/suggest", terms.suggest, name="term_suggest"),
     path("terms/grades", terms.grades, name="term_grades"),
     path("terms/lab-preview", terms.lab_preview, name="lab_preview"),

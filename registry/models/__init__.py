@@ -11,6 +11,7 @@ from registry.models.clinical import (
 )
 from registry.models.imports import ImportBatch
 from registry.models.organisation import Department, Membership, Role, Site
+from registry.models.quality import QualityResult, QualityRun
 from registry.models.terminology import (
     Concept,
     ConceptSynonym,
@@ -39,6 +40,8 @@ __all__ = [
     "MappingStatus",
     "Membership",
     "Patient",
+    "QualityResult",
+    "QualityRun",
     "RecordStatus",
     "Role",
     "Site",

@@ -1,0 +1,317 @@
+"""The bulk reader: a record kind (or the joined cohort) as a pandas frame, in one SQL query.
+
+This is the one door through which risk models, releases, aggregates and the data-quality
+dashboard read the clinical record in bulk. Rows are read set-based with PostgreSQL
+``COPY (SELECT ...) TO STDOUT`` (streamed in chunks, never ORM row by row), scoped by sites, and
+optionally as they stood at a snapshot time ``as_of``: for each id the latest history row with
+``history_date <= as_of``, unless that row records the deletion.
+
+Scope is never implied: pass the acting ``user`` (their visible sites, through
+registry.access), or ``sites`` (an explicit list of site ids, or ALL_SITES for a system job that
+reads the whole registry); both given means the sites of the list the user may see.
+
+Besides the model's own columns (named as the model's field attnames: ``patient_id``,
+``start_date``...), a frame carries the context columns that rules read (see CONTEXT_COLUMNS):
+``ctx_birth_year``, ``ctx_first_diagnosis_date``, ``ctx_death_date`` (the first follow-up that
+records death) for every kind, ``ctx_line_start_date`` for cycles and drugs,
+``ctx_cycle_start_date`` for drugs, adverse events and labs (empty when not linked to a cycle).
+Context is taken from the same snapshot as the rows.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+from collections.abc import Iterable, Sequence
+
+import pandas as pd
+from django.contrib.auth.models import AnonymousUser, User
+from django.db import connection, models
+
+from registry import access
+from registry.models import Cycle, Diagnosis, FollowUp, Patient, TreatmentLine
+from registry.synth.load import CLINICAL_MODELS
+
+
+class _AllSites:
+    def __repr__(self) -> str:
+        return "ALL_SITES"
+
+
+# A system job's explicit scope: every site. (None is not accepted, so that forgetting the
+# scope fails loudly instead of reading everything.)
+ALL_SITES = _AllSites()
+
+# The record kinds the reader serves, by name (the model's name: "labresult", "cycle", ...).
+KIND_MODELS: dict[str, type[models.Model]] = {m._meta.model_name: m for m in CLINICAL_MODELS}
+
+_PATIENT_CONTEXT = ("ctx_birth_year", "ctx_first_diagnosis_date", "ctx_death_date")
+
+# The context columns each kind's frame carries, for rules that look beyond their own row.
+CONTEXT_COLUMNS: dict[str, tuple[str, ...]] = {
+    "patient": _PATIENT_CONTEXT,
+    "diagnosis": _PATIENT_CONTEXT,
+    "treatmentline": _PATIENT_CONTEXT,
+    "cycle": (*_PATIENT_CONTEXT, "ctx_line_start_date"),
+    "drugadministration": (*_PATIENT_CONTEXT, "ctx_cycle_start_date", "ctx_line_start_date"),
+    "adverseevent": (*_PATIENT_CONTEXT, "ctx_cycle_start_date"),
+    "labresult": (*_PATIENT_CONTEXT, "ctx_cycle_start_date"),
+    "followup": _PATIENT_CONTEXT,
+}
+
+_CONTEXT_TYPES = {"ctx_birth_year": "int"}  # every other context column is a date
+
+# The cohort view: one row per patient with their first diagnosis and follow-up summary.
+COHORT_COLUMNS: tuple[str, ...] = (
+    "patient_id", "registry_id", "site_id", "status", "sex", "birth_year", "consent_scope",
+    "consent_date", "withdrawn_date",
+    "first_diagnosis_id", "first_diagnosis_date", "cancer_id", "cancer_term_id", "morphology_id",
+    "stage_system", "stage_group", "t", "n", "m", "diagnosis_ecog", "diagnosis_count",
+    "followup_count", "last_followup_date", "last_vital_status", "death_date",
+    "first_progression_date", "line_count", "first_line_start_date",
+)
+_COHORT_TYPES = {
+    "patient_id": "int", "site_id": "int", "birth_year": "int", "consent_date": "date",
+    "withdrawn_date": "date", "first_diagnosis_id": "int", "first_diagnosis_date": "date",
+    "cancer_id": "int", "cancer_term_id": "int", "morphology_id": "int", "diagnosis_ecog": "int",
+    "diagnosis_count": "int", "followup_count": "int", "last_followup_date": "date",
+    "death_date": "date", "first_progression_date": "date", "line_count": "int",
+    "first_line_start_date": "date",
+}
+
+_NULL = r"\N"
+_CHUNK_BYTES = 1 << 20
+
+
+class UnknownKind(ValueError):
+    pass
+
+
+def _model(kind: str) -> type[models.Model]:
+    try:
+        return KIND_MODELS[kind]
+    except KeyError:
+        raise UnknownKind(f"Unknown record kind {kind!r}; known: {', '.join(KIND_MODELS)}.") \
+            from None
+
+
+def _type_of(field: models.Field) -> str:
+    if isinstance(field, models.DateTimeField):
+        return "datetime"
+    if isinstance(field, models.DateField):
+        return "date"
+    if isinstance(field, models.BooleanField):
+        return "bool"
+    if isinstance(field, models.ForeignKey | models.AutoField | models.BigAutoField
+                  | models.IntegerField | models.SmallIntegerField
+                  | models.PositiveIntegerField | models.PositiveSmallIntegerField):
+        return "int"
+    if isinstance(field, models.FloatField | models.DecimalField):
+        return "float"
+    return "text"
+
+
+def model_columns(model: type[models.Model], *, as_of: dt.datetime | None = None
+                  ) -> dict[str, str]:
+    """The model's columns the reader returns (attname: type); with `as_of`, only those the
+    history table keeps (fields excluded from history cannot be reconstructed)."""
+    fields = {f.attname: _type_of(f) for f in model._meta.concrete_fields}
+    if as_of is not None:
+        kept = {f.attname for f in model.history.model._meta.concrete_fields}
+        fields = {name: kind for name, kind in fields.items() if name in kept}
+    return fields
+
+
+def _resolve_sites(user: User | AnonymousUser | None, sites) -> list[int] | None:
+    """The site ids to read (None: every site)."""
+    if user is None and sites is None:
+        raise ValueError("Give the acting user or the sites to read (ALL_SITES for every site).")
+    wanted = None if sites is None or sites is ALL_SITES else sorted({int(s) for s in sites})
+    if user is None:
+        return wanted
+    visible = access.site_ids_for(user)
+    if visible is None:
+        return wanted
+    return visible if wanted is None else sorted(set(visible) & set(wanted))
+
+
+# Identifiers in the SQL below come from model metadata (and requested columns are checked
+# against it); every value is a bound parameter.
+def _snapshot(model: type[models.Model], columns: Iterable[str], *, as_of, sites,
+              params: list) -> str:
+    """SQL of `model`'s rows (current, or as they stood at `as_of`) at `sites`; appends its
+    parameters to `params` in order."""
+    cols = ", ".join(f'"{c}"' for c in columns)
+    if as_of is None:
+        sql = f"SELECT {cols} FROM {model._meta.db_table}"  # noqa: S608
+        where = []
+    else:
+        history = model.history.model._meta.db_table
+        # The site is filtered after the latest version is found: a row's site is the one it
+        # had at `as_of`, not one it had before.
+        params.append(as_of)
+        inner = cols if '"site_id"' in cols.split(", ") else f'{cols}, "site_id"'
+        sql = (f"SELECT {cols} FROM (SELECT DISTINCT ON (id) {inner}, history_type FROM {history}"  # noqa: S608
+               f" WHERE history_date <= %s ORDER BY id, history_date DESC, history_id DESC) h")
+        where = ["history_type <> '-'"]
+    if sites is not None:
+        where.append("site_id = ANY(%s)")
+        params.append(list(sites))
+    return sql + (" WHERE " + " AND ".join(where) if where else "")
+
+
+def _copy_frame(sql: str, params: Sequence, types: dict[str, str]) -> pd.DataFrame:
+    """Run `sql` through COPY TO STDOUT (streamed in chunks) and read it with pandas."""
+    connection.ensure_connection()
+    buffer = io.BytesIO()
+    with connection.connection.cursor() as cursor:
+        statement = f"COPY ({sql}) TO STDOUT WITH (FORMAT csv, HEADER, NULL '{_NULL}')"
+        with cursor.copy(statement, params) as copy:
+            for chunk in copy:
+                buffer.write(chunk)
+    buffer.seek(0)
+    read_types = {name: (object if kind in {"text", "bool", "date", "datetime"} else
+                         "Int64" if kind == "int" else "float64")
+                  for name, kind in types.items()}
+    frame = pd.read_csv(buffer, dtype=read_types, na_values=[_NULL], keep_default_na=False,
+                        engine="c")
+    for name, kind in types.items():
+        if kind == "date":
+            frame[name] = frame[name].astype("datetime64[s]")
+        elif kind == "datetime":
+            frame[name] = pd.to_datetime(frame[name], utc=True, format="ISO8601")
+        elif kind == "bool":
+            frame[name] = frame[name].map({"t": True, "f": False}).astype("boolean")
+        elif kind == "text":  # NULL is None, "" stays ""
+            frame[name] = frame[name].where(frame[name].notna(), None)
+    return frame
+
+
+def _context_sql(kind: str, wanted: Sequence[str], *, as_of, sites, params: list
+                 ) -> tuple[list[str], list[str]]:
+    """The WITH clauses and joins that add the context columns `wanted` to a kind's rows `r`."""
+    patient_key = "r.id" if kind == "patient" else "r.patient_id"
+    ctes, joins, selects = [], [], []
+
+    def cte(name: str, model, columns) -> None:
+        body = _snapshot(model, columns, as_of=as_of, sites=sites, params=params)
+        ctes.append(f"{name} AS ({body})")
+
+    if "ctx_birth_year" in wanted:
+        cte("ctx_p", Patient, ["id", "birth_year"])
+        joins.append(f"LEFT JOIN ctx_p ON ctx_p.id = {patient_key}")
+        selects.append("ctx_p.birth_year AS ctx_birth_year")
+    if "ctx_first_diagnosis_date" in wanted:
+        cte("ctx_d", Diagnosis, ["patient_id", "diagnosis_date", "site_id"])
+        joins.append("LEFT JOIN (SELECT patient_id, min(diagnosis_date) AS first FROM ctx_d "  # noqa: S608
+                     f"GROUP BY patient_id) ctx_fd ON ctx_fd.patient_id = {patient_key}")
+        selects.append("ctx_fd.first AS ctx_first_diagnosis_date")
+    if "ctx_death_date" in wanted:
+        cte("ctx_f", FollowUp, ["patient_id", "followup_date", "vital_status", "site_id"])
+        joins.append("LEFT JOIN (SELECT patient_id, min(followup_date) AS death FROM ctx_f "  # noqa: S608
+                     "WHERE vital_status = 'dead' GROUP BY patient_id) ctx_dd "
+                     f"ON ctx_dd.patient_id = {patient_key}")
+        selects.append("ctx_dd.death AS ctx_death_date")
+    needs_cycle = "ctx_cycle_start_date" in wanted or (
+        kind == "drugadministration" and "ctx_line_start_date" in wanted)
+    if needs_cycle:
+        cte("ctx_c", Cycle, ["id", "line_id", "start_date", "site_id"])
+        joins.append("LEFT JOIN ctx_c ON ctx_c.id = r.cycle_id")
+        if "ctx_cycle_start_date" in wanted:
+            selects.append("ctx_c.start_date AS ctx_cycle_start_date")
+    if "ctx_line_start_date" in wanted:
+        cte("ctx_l", TreatmentLine, ["id", "start_date", "site_id"])
+        line_key = "ctx_c.line_id" if kind == "drugadministration" else "r.line_id"
+        joins.append(f"LEFT JOIN ctx_l ON ctx_l.id = {line_key}")
+        selects.append("ctx_l.start_date AS ctx_line_start_date")
+    return ctes, joins, selects
+
+
+def records_frame(kind: str, *, user: User | AnonymousUser | None = None, sites=None,
+                  as_of: dt.datetime | None = None, columns: Iterable[str] | None = None
+                  ) -> pd.DataFrame:
+    """The rows of record kind `kind` as a frame, one SQL query.
+
+    `columns` chooses among the model's columns and the kind's CONTEXT_COLUMNS (default: all
+    of both); an unknown column is a ValueError naming it. `id` and `site_id` are always read.
+    Dates are datetime64[s], booleans the nullable "boolean" dtype, integers "Int64".
+    """
+    model = _model(kind)
+    site_ids = _resolve_sites(user, sites)
+    own = model_columns(model, as_of=as_of)
+    context = CONTEXT_COLUMNS[kind]
+    if columns is None:
+        wanted_own, wanted_context = list(own), list(context)
+    else:
+        columns = list(dict.fromkeys(columns))
+        unknown = [c for c in columns if c not in own and c not in context]
+        if unknown:
+            raise ValueError(f"{kind} has no column {', '.join(unknown)}.")
+        wanted_own = list(dict.fromkeys(["id", "site_id", *[c for c in columns if c in own]]))
+        wanted_context = [c for c in columns if c in context]
+    params: list = []
+    ctes, joins, selects = _context_sql(kind, wanted_context, as_of=as_of, sites=site_ids,
+                                        params=params)
+    # The join keys the context needs are read even when the caller did not ask for them.
+    keys = [k for k in ("patient_id", "line_id", "cycle_id") if k in own and wanted_context]
+    rows = _snapshot(model, list(dict.fromkeys([*wanted_own, *keys])), as_of=as_of,
+                     sites=site_ids, params=params)
+    select = ", ".join([*(f'r."{c}"' for c in wanted_own), *selects])
+    with_clause = f"WITH {', '.join(ctes)} " if ctes else ""
+    sql = f"{with_clause}SELECT {select} FROM ({rows}) r {' '.join(joins)} ORDER BY r.id"  # noqa: S608
+    types = {c: own[c] for c in wanted_own}
+    types.update({c: _CONTEXT_TYPES.get(c, "date") for c in wanted_context})
+    return _copy_frame(sql, params, types)
+
+
+def cohort_frame(*, user: User | AnonymousUser | None = None, sites=None,
+                 as_of: dt.datetime | None = None) -> pd.DataFrame:
+    """One row per patient: the patient, their first diagnosis (earliest date, then lowest id)
+    and their follow-up summary (count, last visit and its vital status, first death date,
+    first progression date) and lines (count, first start), one SQL query, same scoping and
+    snapshot rules as records_frame."""
+    site_ids = _resolve_sites(user, sites)
+    params: list = []
+    p = _snapshot(Patient, ["id", "registry_id", "site_id", "status", "sex", "birth_year",
+                            "consent_scope", "consent_date", "withdrawn_date"],
+                  as_of=as_of, sites=site_ids, params=params)
+    d = _snapshot(Diagnosis, ["id", "patient_id", "diagnosis_date", "cancer_id", "cancer_term_id",
+                              "morphology_id", "stage_system", "stage_group", "t", "n", "m",
+                              "ecog", "site_id"], as_of=as_of, sites=site_ids, params=params)
+    f = _snapshot(FollowUp, ["id", "patient_id", "followup_date", "vital_status",
+                             "progression_date", "site_id"], as_of=as_of, sites=site_ids,
+                  params=params)
+    t = _snapshot(TreatmentLine, ["id", "patient_id", "start_date", "site_id"], as_of=as_of,
+                  sites=site_ids, params=params)
+    sql = f"""
+        WITH p AS ({p}), d AS ({d}), f AS ({f}), t AS ({t}),
+        fd AS (SELECT DISTINCT ON (patient_id) * FROM d ORDER BY patient_id, diagnosis_date, id),
+        dc AS (SELECT patient_id, count(*) AS n FROM d GROUP BY patient_id),
+        fs AS (SELECT patient_id, count(*) AS n, max(followup_date) AS last,
+                      min(followup_date) FILTER (WHERE vital_status = 'dead') AS death,
+                      min(progression_date) AS progression FROM f GROUP BY patient_id),
+        fl AS (SELECT DISTINCT ON (patient_id) patient_id, vital_status FROM f
+               ORDER BY patient_id, followup_date DESC, id DESC),
+        ts AS (SELECT patient_id, count(*) AS n, min(start_date) AS first FROM t
+               GROUP BY patient_id)
+        SELECT p.id AS patient_id, p.registry_id, p.site_id, p.status, p.sex, p.birth_year,
+               p.consent_scope, p.consent_date, p.withdrawn_date,
+               fd.id AS first_diagnosis_id, fd.diagnosis_date AS first_diagnosis_date,
+               fd.cancer_id, fd.cancer_term_id, fd.morphology_id, fd.stage_system,
+               fd.stage_group, fd.t, fd.n, fd.m, fd.ecog AS diagnosis_ecog,
+               coalesce(dc.n, 0) AS diagnosis_count, coalesce(fs.n, 0) AS followup_count,
+               fs.last AS last_followup_date, fl.vital_status AS last_vital_status,
+               fs.death AS death_date, fs.progression AS first_progression_date,
+               coalesce(ts.n, 0) AS line_count, ts.first AS first_line_start_date
+        FROM p LEFT JOIN fd ON fd.patient_id = p.id LEFT JOIN dc ON dc.patient_id = p.id
+        LEFT JOIN fs ON fs.patient_id = p.id LEFT JOIN fl ON fl.patient_id = p.id
+        LEFT JOIN ts ON ts.patient_id = p.id
+        ORDER BY p.id"""  # noqa: S608
+    types = {c: _COHORT_TYPES.get(c, "text") for c in COHORT_COLUMNS}
+    return _copy_frame(sql, params, types)
+
+
+__all__ = [
+    "ALL_SITES", "COHORT_COLUMNS", "CONTEXT_COLUMNS", "KIND_MODELS", "UnknownKind",
+    "cohort_frame", "model_columns", "records_frame",
+]
