@@ -24,7 +24,12 @@ from registry.models.terminology import (
 )
 from registry.models.workflow import DataQuery
 
+# Derived figures, recomputed by every data-quality run and shown on their own pages: they
+# carry no history (nothing is entered into them) and are not offered in the admin.
+DERIVED_MODELS = (QualityRun, QualityResult)
+
 __all__ = [
+    "DERIVED_MODELS",
     "AdverseEvent",
     "Concept",
     "ConceptSynonym",
