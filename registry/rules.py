@@ -328,11 +328,11 @@ def allowed_grades_text(grades) -> str:
 
 
 @rule(code="AE_GRADE_UNDEFINED", kind="adverseevent", field="grade", severity=Severity.HARD,
-      columns=("grade", "ctx_allowed_grades"),
-      message=_("Grade %(grade)s is not defined for this term (allowed: "
+      columns=("grade", "ctx_allowed_grades", "ctx_term"),
+      message=_("Grade %(grade)s is not defined for %(ctx_term)s (allowed: "
                 "%(ctx_allowed_grades)s)."),
-      fails={"grade": 4, "ctx_allowed_grades": "1, 2, 3"},
-      passes={"grade": 3, "ctx_allowed_grades": "1, 2, 3"})
+      fails={"grade": 4, "ctx_allowed_grades": "1, 2, 3", "ctx_term": "Nausea"},
+      passes={"grade": 3, "ctx_allowed_grades": "1, 2, 3", "ctx_term": "Nausea"})
 def _ae_grade_undefined(frame):
     allowed = frame["ctx_allowed_grades"].fillna("").astype(str)
     grade = _number(frame["grade"])
