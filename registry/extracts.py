@@ -110,10 +110,11 @@ class Problem:
     column: str
     value: str
     message: str
+    code: str = ""  # the rulebook's code, for a problem a rule found
 
     def as_dict(self) -> dict:
         return {"file": self.file, "row": self.row, "column": self.column,
-                "value": self.value, "message": self.message}
+                "value": self.value, "message": self.message, "code": self.code}
 
 
 @dataclass

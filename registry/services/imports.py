@@ -33,6 +33,7 @@ from registry.audit import audited_save, bulk_update_audited, copy_frame_audited
 from registry.biomarkers import parse_biomarkers
 from registry.errors import ValidationFailed
 from registry.extracts import (
+    FILES,
     NATURAL_KEYS,
     UPLOAD_SUFFIXES,
     WORDS,
@@ -518,6 +519,9 @@ def _rule_frames(files: dict[str, ExtractFile], site: Site) -> dict[str, pd.Data
             continue
         extract = files[key]
         frame = extract.parsed.copy()
+        for column in FILES[key]:  # a column the file leaves out is empty in every row
+            if column.name not in frame and column.name != "value":
+                frame[column.name] = None
         if key == "labs":
             frame["value"] = frame["value_value"]
         number = _normalised(extract).to_numpy()
@@ -580,13 +584,13 @@ def _rules_apply(extract: ExtractFile, kind: str, frame: pd.DataFrame,
     """The rulebook over one file's frame: hard violations are problems (file, row, column,
     value, the rule's message), soft ones kept by file for their queries."""
     violations, _ = evaluate(kind, frame)
-    for row, severity, field, message in zip(violations["row"], violations["severity"],
-                                             violations["field"], violations["message"],
-                                             strict=True):
+    for row, code, severity, field, message in zip(
+            violations["row"], violations["code"], violations["severity"], violations["field"],
+            violations["message"], strict=True):
         if severity == Severity.HARD:
             value = extract.raw.at[row, field] if field in extract.raw else ""
             problems.append(Problem(extract.filename, int(row) + 2, field, str(value),
-                                    message))
+                                    message, code))
         else:
             soft.setdefault(extract.name, []).append((int(row), field, message))
 
