@@ -285,7 +285,7 @@ def _import(batch: ImportBatch, progress: Callable[[str], None]) -> ImportBatch:
         if problems:
             # Every error in one pass: cells, references and rules, including the rules that
             # need the meaning of words the site has already mapped.
-            concepts, _ = _resolve(files, site, user, dry_run=True)
+            concepts, _ = _resolve(files, site, user, dry_run=batch.dry_run)
             raise _Refused(problems + _check_rules(files, concepts, soft))
         _progress(batch, 40, "resolving local words", progress)
         concepts, unmapped = _resolve(files, site, user, dry_run=batch.dry_run)
