@@ -148,10 +148,14 @@ LAB_FAR_BELOW = 20
 
 
 def _date(column: pd.Series) -> pd.Series:
+    if pd.api.types.is_datetime64_any_dtype(column):
+        return column
     return pd.to_datetime(column, errors="coerce")
 
 
 def _number(column: pd.Series) -> pd.Series:
+    if pd.api.types.is_numeric_dtype(column) and not pd.api.types.is_bool_dtype(column):
+        return column.astype(float)
     return pd.to_numeric(column.astype(object), errors="coerce")
 
 

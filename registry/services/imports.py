@@ -448,9 +448,12 @@ RULE_KINDS = {"diagnoses": "diagnosis", "regimens": "treatmentline", "cycles": "
 
 def _normalised(extract: ExtractFile) -> pd.Series:
     """The file's patient numbers as the registry compares them."""
-    numbers = extract.raw["patient_no"]
-    forms = {n: hospital_number_normalise(n) for n in numbers.unique()}
-    return numbers.map(forms)
+    cached = getattr(extract, "_normalised", None)
+    if cached is None:
+        numbers = extract.raw["patient_no"]
+        forms = {n: hospital_number_normalise(n) for n in numbers.unique()}
+        cached = extract._normalised = numbers.map(forms)
+    return cached
 
 
 def _numbers_checked(extract: ExtractFile, problems: list[Problem]) -> set[str]:
@@ -522,6 +525,8 @@ def _rule_frames(files: dict[str, ExtractFile], site: Site) -> dict[str, pd.Data
         for column in FILES[key]:  # a column the file leaves out is empty in every row
             if column.name not in frame and column.name != "value":
                 frame[column.name] = None
+            if column.kind == "date":  # parsed once here, not once per rule
+                frame[column.name] = pd.to_datetime(frame[column.name], errors="coerce")
         if key == "labs":
             frame["value"] = frame["value_value"]
         number = _normalised(extract).to_numpy()
