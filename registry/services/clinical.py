@@ -472,7 +472,7 @@ def drug_administration_record(
     _check_term(errors, "drug", Domain.DRUG, drug)
     if day < 1:
         errors.add("day", "Days of a cycle start at 1.")
-    parsed_dose = None
+    parsed_dose = checked_dose = None
     if dose not in (None, ""):
         try:
             parsed_dose = Decimal(str(dose))
@@ -480,8 +480,10 @@ def drug_administration_record(
             errors.add("dose", f"The dose {dose!r} is not a number.")
         else:
             if _check_decimal(errors, "dose", parsed_dose, max_digits=limits.DOSE_MAX_DIGITS,
-                              decimal_places=limits.DOSE_DECIMAL_PLACES) and parsed_dose <= 0:
-                errors.add("dose", f"The dose must be positive, not {dose}.")
+                              decimal_places=limits.DOSE_DECIMAL_PLACES):
+                checked_dose = parsed_dose  # a finite number the rules can compare
+                if parsed_dose <= 0:
+                    errors.add("dose", f"The dose must be positive, not {dose}.")
         if not dose_unit:
             errors.add("dose_unit", "A dose needs its unit.")
     if dose_unit and dose_unit not in DrugAdministration.DoseUnit.values:
@@ -495,7 +497,7 @@ def drug_administration_record(
     if purpose not in DrugAdministration.Purpose.values:
         errors.add("purpose", f"Unknown purpose {purpose!r}.")
     warnings = _rules_check(errors, "drugadministration",
-                            {"dose": parsed_dose, "dose_unit": dose_unit})
+                            {"dose": checked_dose, "dose_unit": dose_unit})
     errors.raise_if_any()
     with transaction.atomic():
         drug_term, drug_concept = term_resolve(
