@@ -28,6 +28,7 @@ from django.contrib.auth.models import User
 from django.core.files.uploadedfile import UploadedFile
 from django.db import connection, transaction
 from django.utils import timezone
+from django.utils.translation import gettext
 
 from registry.audit import audited_save, bulk_update_audited, copy_frame_audited
 from registry.biomarkers import parse_biomarkers
@@ -465,8 +466,8 @@ def _numbers_checked(extract: ExtractFile, problems: list[Problem]) -> set[str]:
     for index in again[again].index:
         problems.append(Problem(extract.filename, int(index) + 2, "patient_no",
                                 str(extract.raw.at[index, "patient_no"]),
-                                f"the same hospital number as row {rows[number[index]] + 2}, "
-                                "written differently"))
+                                gettext("the same hospital number as row %(row)d, written "
+                                        "differently") % {"row": rows[number[index]] + 2}))
     return set(first)
 
 
