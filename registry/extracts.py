@@ -103,6 +103,10 @@ class ExtractRefused(Exception):
     """The extract cannot be read at all (the message names why)."""
 
 
+# The columns of an import's error report (CSV download, import_extract --report).
+PROBLEM_COLUMNS = ["file", "row", "column", "value", "message", "code"]
+
+
 @dataclass
 class Problem:
     file: str
