@@ -103,6 +103,10 @@ class ExtractRefused(Exception):
     """The extract cannot be read at all (the message names why)."""
 
 
+# The columns of an import's error report (CSV download, import_extract --report).
+PROBLEM_COLUMNS = ["file", "row", "column", "value", "message", "code"]
+
+
 @dataclass
 class Problem:
     file: str
@@ -110,10 +114,11 @@ class Problem:
     column: str
     value: str
     message: str
+    code: str = ""  # the rulebook's code, for a problem a rule found
 
     def as_dict(self) -> dict:
         return {"file": self.file, "row": self.row, "column": self.column,
-                "value": self.value, "message": self.message}
+                "value": self.value, "message": self.message, "code": self.code}
 
 
 @dataclass

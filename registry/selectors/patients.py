@@ -20,7 +20,7 @@ from registry.models import (
     RecordStatus,
     TreatmentLine,
 )
-from registry.pseudonyms import hospital_number_hash
+from registry.pseudonyms import hospital_number_hashes
 
 
 def patient_search(user, *, q: str = "", cancer: str = "", status: str = "",
@@ -31,7 +31,7 @@ def patient_search(user, *, q: str = "", cancer: str = "", status: str = "",
     q = (q or "").strip()
     if q:
         codes = access.sites_visible(user).values_list("code", flat=True)
-        hashes = [hospital_number_hash(code, q) for code in codes]
+        hashes = [h for code in codes for h in hospital_number_hashes(code, q)]
         patients = patients.filter(Q(registry_id=q.upper()) | Q(hospital_number_hash__in=hashes))
     if cancer:
         # A semi-join (no DISTINCT), so the page is read in index order and stops at its end.

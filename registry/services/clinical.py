@@ -9,9 +9,10 @@ import re
 from collections.abc import Iterable
 from decimal import Decimal, InvalidOperation
 
+import pandas as pd
 from django.contrib.auth.models import User
-from django.db import transaction
-from django.db.models import Exists, OuterRef, Subquery
+from django.db import models, transaction
+from django.db.models import Exists, Max, Min, OuterRef, Subquery
 from django.utils import timezone
 
 from registry import limits
@@ -30,7 +31,8 @@ from registry.models import (
     Site,
     TreatmentLine,
 )
-from registry.pseudonyms import hospital_number_hash
+from registry.pseudonyms import hospital_number_hash, hospital_number_hashes
+from registry.rules import Severity, allowed_grades_text, evaluate
 from registry.services.mapping import term_resolve
 from registry.services.organisation import require_site_role
 from registry.services.terminology import lab_canonical, normalise_for_domain
@@ -71,19 +73,40 @@ def _check_decimal(errors: ErrorCollector, field: str, value: Decimal, *, max_di
     return problem is None
 
 
-def _death_date(patient: Patient) -> dt.date | None:
-    return (
-        FollowUp.objects.filter(patient=patient, vital_status=FollowUp.VitalStatus.DEAD)
-        .order_by("followup_date")
-        .values_list("followup_date", flat=True)
-        .first()
-    )
+def _patient_facts(patient: Patient, *, editing: models.Model | None = None) -> dict:
+    """The patient's stored facts the rulebook reads (its ``ctx_`` columns), leaving out the
+    record being edited: birth year, death, first diagnosis, last diagnosis or cycle."""
+
+    def others(model):
+        rows = model.objects.filter(patient=patient)
+        if isinstance(editing, model):
+            rows = rows.exclude(pk=editing.pk)
+        return rows
+
+    death = others(FollowUp).filter(vital_status=FollowUp.VitalStatus.DEAD).aggregate(
+        d=Min("followup_date"))["d"]
+    diagnoses = others(Diagnosis).aggregate(first=Min("diagnosis_date"),
+                                            last=Max("diagnosis_date"))
+    last_cycle = others(Cycle).aggregate(d=Max("start_date"))["d"]
+    events = [d for d in (diagnoses["last"], last_cycle) if d is not None]
+    return {"ctx_birth_year": patient.birth_year, "ctx_death_date": death,
+            "ctx_first_diagnosis_date": diagnoses["first"],
+            "ctx_last_event_date": max(events, default=None)}
 
 
-def _check_alive_on(errors: ErrorCollector, patient: Patient, field: str, day: dt.date) -> None:
-    death = _death_date(patient)
-    if death is not None and day > death:
-        errors.add(field, f"{day.isoformat()} is after the patient's death on {death.isoformat()}.")
+def _rules_check(errors: ErrorCollector, kind: str, row: dict) -> list[tuple[str, str]]:
+    """Run the rulebook over one record (a frame of one row): each hard rule broken is an
+    error at its field; the soft ones are returned as (field, message) for `store` to open
+    queries on. Rules whose columns the row lacks are left to a later call."""
+    violations, _ = evaluate(kind, pd.DataFrame([row]))
+    warnings = []
+    for field, severity, message in zip(violations["field"], violations["severity"],
+                                        violations["message"], strict=True):
+        if severity == Severity.HARD:
+            errors.add(field, message)
+        else:
+            warnings.append((field, message))
+    return warnings
 
 
 def _check_demographics(errors: ErrorCollector, *, site: Site, sex: str, birth_year: int,
@@ -125,7 +148,8 @@ def patient_register(
                         consent_date=consent_date)
     errors.raise_if_any()
     number_hash = hospital_number_hash(site.code, patient_no)
-    if Patient.objects.filter(site=site, hospital_number_hash=number_hash).exists():
+    if Patient.objects.filter(site=site, hospital_number_hash__in=hospital_number_hashes(
+            site.code, patient_no)).exists():
         raise ValidationFailed(
             f"A patient with this hospital number is already registered at {site.code}.",
             field="patient_no",
@@ -241,9 +265,8 @@ def diagnosis_record(
                                ("m", m, limits.TNM_MAX_LENGTH)):
         _check_length(errors, name, value, limit)
     _check_not_future(errors, "diagnosis_date", diagnosis_date)
-    if diagnosis_date.year < patient.birth_year:
-        errors.add("diagnosis_date", "The diagnosis is dated before the patient's birth year.")
-    _check_alive_on(errors, patient, "diagnosis_date", diagnosis_date)
+    warnings = _rules_check(errors, "diagnosis", {
+        "diagnosis_date": diagnosis_date, **_patient_facts(patient, editing=instance)})
     if ecog is not None and not limits.ECOG_MIN <= ecog <= limits.ECOG_MAX:
         errors.add("ecog", f"ECOG must be 0-4, not {ecog}.")
     errors.raise_if_any()
@@ -278,6 +301,7 @@ def diagnosis_record(
             ),
             acting_user=acting_user,
             reason=reason,
+            warnings=warnings,
         )
 
 
@@ -312,10 +336,10 @@ def treatment_line_record(
     _check_term(errors, "regimen", Domain.REGIMEN, regimen)
     _check_not_future(errors, "start_date", start_date)
     _check_not_future(errors, "end_date", end_date)
-    if end_date is not None and end_date < start_date:
-        errors.add("end_date", "The line ends before it starts.")
-    _check_after_diagnosis(errors, patient, "start_date", start_date)
-    _check_alive_on(errors, patient, "start_date", start_date)
+    facts = _patient_facts(patient, editing=instance)
+    _check_diagnosed(errors, facts, "start_date")
+    warnings = _rules_check(errors, "treatmentline", {
+        "start_date": start_date, "end_date": end_date, **facts})
     if (
         TreatmentLine.objects.filter(patient=patient, line_no=line_no)
         .exclude(pk=getattr(instance, "pk", None))
@@ -344,22 +368,14 @@ def treatment_line_record(
             ),
             acting_user=acting_user,
             reason=reason,
+            warnings=warnings,
         )
 
 
-def _check_after_diagnosis(
-    errors: ErrorCollector, patient: Patient, field: str, day: dt.date
-) -> None:
-    first = (
-        Diagnosis.objects.filter(patient=patient)
-        .order_by("diagnosis_date")
-        .values_list("diagnosis_date", flat=True)
-        .first()
-    )
-    if first is None:
+def _check_diagnosed(errors: ErrorCollector, facts: dict, field: str) -> None:
+    """A form records treatment only after a diagnosis (the rulebook checks the dates)."""
+    if facts["ctx_first_diagnosis_date"] is None:
         errors.add(field, "Record the diagnosis before the treatment.")
-    elif day < first:
-        errors.add(field, f"{day.isoformat()} is before the diagnosis on {first.isoformat()}.")
 
 
 @transaction.atomic
@@ -389,16 +405,17 @@ def cycle_record(
     if cycle_no < 1:
         errors.add("cycle_no", "Cycle numbers start at 1.")
     _check_not_future(errors, "start_date", start_date)
-    _check_after_diagnosis(errors, patient, "start_date", start_date)
-    if start_date < line.start_date:
-        errors.add("start_date", f"The cycle starts before its line ({line.start_date}).")
-    _check_alive_on(errors, patient, "start_date", start_date)
+    facts = _patient_facts(patient)
+    _check_diagnosed(errors, facts, "start_date")
+    bsa = None
     if bsa_m2 is not None:
         bsa = Decimal(str(bsa_m2))
-        if _check_decimal(errors, "bsa_m2", bsa, max_digits=limits.BSA_MAX_DIGITS,
-                          decimal_places=limits.BSA_DECIMAL_PLACES) and not (
-                limits.BSA_MIN <= bsa <= limits.BSA_MAX):
-            errors.add("bsa_m2", f"A body surface area of {bsa_m2} m² is not plausible.")
+        if not _check_decimal(errors, "bsa_m2", bsa, max_digits=limits.BSA_MAX_DIGITS,
+                              decimal_places=limits.BSA_DECIMAL_PLACES):
+            bsa = None
+    warnings = _rules_check(errors, "cycle", {
+        "start_date": start_date, "bsa_m2": bsa, "ctx_line_start_date": line.start_date,
+        **facts})
     if (
         Cycle.objects.filter(line=line, cycle_no=cycle_no)
         .exclude(pk=getattr(instance, "pk", None))
@@ -420,6 +437,7 @@ def cycle_record(
         ),
         acting_user=acting_user,
         reason=reason,
+        warnings=warnings,
     )
 
 
@@ -454,7 +472,7 @@ def drug_administration_record(
     _check_term(errors, "drug", Domain.DRUG, drug)
     if day < 1:
         errors.add("day", "Days of a cycle start at 1.")
-    parsed_dose = None
+    parsed_dose = checked_dose = None
     if dose not in (None, ""):
         try:
             parsed_dose = Decimal(str(dose))
@@ -462,8 +480,10 @@ def drug_administration_record(
             errors.add("dose", f"The dose {dose!r} is not a number.")
         else:
             if _check_decimal(errors, "dose", parsed_dose, max_digits=limits.DOSE_MAX_DIGITS,
-                              decimal_places=limits.DOSE_DECIMAL_PLACES) and parsed_dose <= 0:
-                errors.add("dose", f"The dose must be positive, not {dose}.")
+                              decimal_places=limits.DOSE_DECIMAL_PLACES):
+                checked_dose = parsed_dose  # a finite number the rules can compare
+                if parsed_dose <= 0:
+                    errors.add("dose", f"The dose must be positive, not {dose}.")
         if not dose_unit:
             errors.add("dose_unit", "A dose needs its unit.")
     if dose_unit and dose_unit not in DrugAdministration.DoseUnit.values:
@@ -476,6 +496,8 @@ def drug_administration_record(
         errors.add("route", f"Unknown route {route!r}.")
     if purpose not in DrugAdministration.Purpose.values:
         errors.add("purpose", f"Unknown purpose {purpose!r}.")
+    warnings = _rules_check(errors, "drugadministration",
+                            {"dose": checked_dose, "dose_unit": dose_unit})
     errors.raise_if_any()
     with transaction.atomic():
         drug_term, drug_concept = term_resolve(
@@ -506,6 +528,7 @@ def drug_administration_record(
             ),
             acting_user=acting_user,
             reason=reason,
+            warnings=warnings,
         )
 
 
@@ -544,23 +567,22 @@ def adverse_event_record(
         errors.add("grade", f"CTCAE grades are 1-5, not {grade!r}.")
     _check_not_future(errors, "onset_date", onset_date)
     _check_not_future(errors, "resolved_date", resolved_date)
-    if resolved_date is not None and resolved_date < onset_date:
-        errors.add("resolved_date", "The event resolves before its onset.")
-    _check_alive_on(errors, patient, "onset_date", onset_date)
     if cycle is not None and cycle.patient_id != patient.id:
         errors.add("cycle", "The linked cycle belongs to another patient.")
+    warnings = _rules_check(errors, "adverseevent", {
+        "onset_date": onset_date, "resolved_date": resolved_date, "grade": grade,
+        "serious": serious, **_patient_facts(patient)})
     errors.raise_if_any()
     with transaction.atomic():
         ae_term, ae_concept = term_resolve(
             site=patient.site, domain=Domain.ADVERSE_EVENT, text=term, acting_user=acting_user
         )
-        if ae_concept is not None and grade not in ae_concept.allowed_grades():
-            allowed = ", ".join(str(g) for g in sorted(ae_concept.allowed_grades()))
-            raise ValidationFailed(
-                f"Grade {grade} is not defined for {ae_concept.name_en} in CTCAE "
-                f"{ctcae_version} (allowed: {allowed}).",
-                field="grade",
-            )
+        # The rules that need the term's meaning (its grades) run once it is resolved.
+        warnings += _rules_check(errors, "adverseevent", {
+            "grade": grade, "ctx_term": ae_concept.name_en if ae_concept is not None else term,
+            "ctx_allowed_grades": allowed_grades_text(
+                ae_concept.allowed_grades() if ae_concept is not None else ())})
+        errors.raise_if_any()
         if (
             AdverseEvent.objects.filter(patient=patient, ae_term=ae_term, onset_date=onset_date)
             .exclude(pk=getattr(instance, "pk", None))
@@ -586,6 +608,7 @@ def adverse_event_record(
             ),
             acting_user=acting_user,
             reason=reason,
+            warnings=warnings,
         )
 
 
@@ -642,6 +665,8 @@ def lab_result_record(
     _check_not_future(errors, "collected_date", collected_date)
     if cycle is not None and cycle.patient_id != patient.id:
         errors.add("cycle", "The linked cycle belongs to another patient.")
+    warnings = _rules_check(errors, "labresult", {
+        "value": number, "collected_date": collected_date, **_patient_facts(patient)})
     errors.raise_if_any()
     with transaction.atomic():
         site = patient.site
@@ -657,6 +682,13 @@ def lab_result_record(
         value_canonical, canonical_unit, flag = lab_canonical(
             lab=lab, unit=unit_concept, value=number, unit_given=unit_given
         )
+        # The rules that need the lab's meaning (its reference range) run once it is resolved.
+        reference = lab.attributes if lab is not None else {}
+        warnings += _rules_check(errors, "labresult", {
+            "value_canonical": value_canonical,
+            "ctx_reference_low": reference.get("reference_low"),
+            "ctx_reference_high": reference.get("reference_high")})
+        errors.raise_if_any()
         if (
             LabResult.objects.filter(
                 patient=patient, test_term=test_term, collected_date=collected_date
@@ -689,6 +721,7 @@ def lab_result_record(
             ),
             acting_user=acting_user,
             reason=reason,
+            warnings=warnings,
         )
 
 
@@ -741,37 +774,14 @@ def followup_record(
     _check_not_future(errors, "followup_date", followup_date)
     _check_not_future(errors, "progression_date", progression_date)
     _check_length(errors, "cause_of_death", cause_of_death, limits.CAUSE_OF_DEATH_MAX_LENGTH)
-    if progression_date is not None and progression_date > followup_date:
-        errors.add("progression_date", "Progression is dated after the follow-up visit.")
     if ecog is not None and not limits.ECOG_MIN <= ecog <= limits.ECOG_MAX:
         errors.add("ecog", f"ECOG must be 0-4, not {ecog}.")
     if cause_of_death and vital_status != FollowUp.VitalStatus.DEAD:
         errors.add("cause_of_death", "A cause of death needs the vital status 'dead'.")
-    _check_alive_on(errors, patient, "followup_date", followup_date)
-    if vital_status == FollowUp.VitalStatus.DEAD:
-        last_event = max(
-            [
-                d
-                for d in (
-                    Diagnosis.objects.filter(patient=patient)
-                    .order_by("-diagnosis_date")
-                    .values_list("diagnosis_date", flat=True)
-                    .first(),
-                    Cycle.objects.filter(patient=patient)
-                    .order_by("-start_date")
-                    .values_list("start_date", flat=True)
-                    .first(),
-                )
-                if d is not None
-            ],
-            default=None,
-        )
-        if last_event is not None and followup_date < last_event:
-            errors.add(
-                "followup_date",
-                f"Death on {followup_date.isoformat()} is before a "
-                f"recorded event on {last_event.isoformat()}.",
-            )
+    warnings = _rules_check(errors, "followup", {
+        "followup_date": followup_date, "vital_status": vital_status,
+        "progression": progression, "progression_date": progression_date,
+        "cause_of_death": cause_of_death, **_patient_facts(patient, editing=instance)})
     if (
         FollowUp.objects.filter(patient=patient, followup_date=followup_date)
         .exclude(pk=getattr(instance, "pk", None))
@@ -797,6 +807,7 @@ def followup_record(
             ),
             acting_user=acting_user,
             reason=reason,
+            warnings=warnings,
         )
         followup_summary_refresh([patient.pk])
     return followup

@@ -28,11 +28,13 @@ from django.contrib.auth.models import User
 from django.core.files.uploadedfile import UploadedFile
 from django.db import connection, transaction
 from django.utils import timezone
+from django.utils.translation import gettext
 
 from registry.audit import audited_save, bulk_update_audited, copy_frame_audited
 from registry.biomarkers import parse_biomarkers
 from registry.errors import ValidationFailed
 from registry.extracts import (
+    FILES,
     NATURAL_KEYS,
     UPLOAD_SUFFIXES,
     WORDS,
@@ -66,7 +68,11 @@ from registry.models import (
     TreatmentLine,
 )
 from registry.models.imports import ENDED, RESUMABLE, SOURCE_NAME_MAX_LENGTH
-from registry.pseudonyms import hospital_number_hash
+from registry.pseudonyms import (
+    hospital_number_hashes,
+    hospital_number_normalise,
+)
+from registry.rules import Severity, allowed_grades_text, evaluate
 from registry.services.clinical import followup_summary_refresh
 from registry.services.mapping import suggest, term_resolve
 from registry.services.organisation import require_site_role
@@ -75,6 +81,7 @@ from registry.services.terminology import (
     lab_canonical,
     site_term_frequencies_refresh,
 )
+from registry.services.workflow import queries_open_bulk
 
 IMPORT_ROLES = (Role.CLERK, Role.MONITOR)
 
@@ -275,7 +282,12 @@ def _import(batch: ImportBatch, progress: Callable[[str], None]) -> ImportBatch:
         batch.files = {f.filename: {"sha256": f.sha256, "bytes": f.size, "rows": len(f.raw),
                                     "encoding": f.encoding} for f in files.values()}
         _progress(batch, 20, "checking every cell", progress)
-        _check(files, site)
+        problems, soft = _check(files, site)
+        if problems:
+            # Every error in one pass: cells, references and rules, including the rules that
+            # need the meaning of words the site has already mapped.
+            concepts, _ = _resolve(files, site, user, dry_run=batch.dry_run)
+            raise _Refused(problems + _check_rules(files, concepts, soft))
         _progress(batch, 40, "resolving local words", progress)
         concepts, unmapped = _resolve(files, site, user, dry_run=batch.dry_run)
         if unmapped:
@@ -285,12 +297,14 @@ def _import(batch: ImportBatch, progress: Callable[[str], None]) -> ImportBatch:
                 # The review queue orders the waiting words by the rows that wait for them.
                 site_term_frequencies_refresh(site_id=site.pk)
             return batch
-        _check_rules(files, site, concepts)
+        problems = _check_rules(files, concepts, soft)
+        if problems:
+            raise _Refused(problems)
         if batch.dry_run:
             return _finish(batch, progress, ImportBatch.Status.CHECKED)
         _progress(batch, 60, "writing", progress)
         with transaction.atomic():
-            counts = _Writer(batch, files, concepts).write()
+            counts = _Writer(batch, files, concepts, soft).write()
         return _finish(batch, progress, ImportBatch.Status.IMPORTED, counts=counts)
     except ExtractRefused as exc:
         return _finish(batch, progress, ImportBatch.Status.FAILED, errors=[
@@ -374,32 +388,39 @@ def _pause_for_tests() -> None:
         time.sleep(120)
 
 
-def _check(files: dict[str, ExtractFile], site: Site) -> None:
+def _check(files: dict[str, ExtractFile], site: Site) -> tuple[list[Problem], dict]:
+    """Every problem of the extract that needs no word's meaning, in one pass: its cells, its
+    references (each child row's patient, line and cycle exist in the extract or the
+    registry) and the rulebook's hard rules over each file's rows. Returns the problems and
+    the soft rules' violations by file (opened as queries once the rows are written)."""
     problems: list[Problem] = []
     today = pd.Timestamp(timezone.localdate())
-    for extract in files.values():
+    readable = set()
+    for key, extract in files.items():
         if check_columns(extract, problems):
             check_cells(extract, problems, today)
-    if problems:
-        raise _Refused(problems)
-    # Every child row's patient, line and cycle must exist in the extract or the registry.
-    in_file = set(files["patients"].raw["patient_no"]) if "patients" in files else set()
+            readable.add(key)
+    # Every child row's patient, line and cycle must exist in the extract or the registry;
+    # patient numbers compare as normalised (one patient however the number is written).
+    in_file = set()
+    if "patients" in files:
+        in_file = _numbers_checked(files["patients"], problems)
     existing_numbers, existing_lines, existing_cycles = _existing_structure(site, files)
     patients = in_file | existing_numbers
     lines = set(existing_lines)
-    if "regimens" in files:
-        lines |= set(zip(files["regimens"].raw["patient_no"],
-                         files["regimens"].parsed["line_no"], strict=True))
+    if "regimens" in readable:
+        lines |= set(zip(_normalised(files["regimens"]), files["regimens"].parsed["line_no"],
+                         strict=True))
     cycles = set(existing_cycles)
-    if "cycles" in files:
-        cycles |= set(zip(files["cycles"].raw["patient_no"], files["cycles"].parsed["line_no"],
+    if "cycles" in readable:
+        cycles |= set(zip(_normalised(files["cycles"]), files["cycles"].parsed["line_no"],
                           files["cycles"].parsed["cycle_no"], strict=True))
-    for extract in files.values():
-        if extract.name == "patients":
+    for key, extract in files.items():
+        if extract.name == "patients" or key not in readable:
             continue
-        number = extract.raw["patient_no"]
+        number = _normalised(extract)
         missing = ~number.isin(patients)
-        _report(problems, extract, missing, "patient_no", number,
+        _report(problems, extract, missing, "patient_no", extract.raw["patient_no"],
                 "no such patient in patients.csv or the registry")
         parsed = extract.parsed
         if extract.name == "cycles":
@@ -413,8 +434,171 @@ def _check(files: dict[str, ExtractFile], site: Site) -> None:
                                       strict=True)), index=number.index)
             _report(problems, extract, ~missing & given & ~keys.isin(cycles), "cycle_no",
                     parsed["cycle_no"], "no such cycle in cycles.csv or the registry")
-    if problems:
-        raise _Refused(problems)
+    soft: dict[str, list[tuple[int, str, str]]] = {}
+    frames = _rule_frames({k: files[k] for k in readable}, site)
+    for key, frame in frames.items():
+        _rules_apply(files[key], RULE_KINDS[key], frame, problems, soft)
+    return problems, soft
+
+
+# The record kind (as the rulebook names it) of each extract file.
+RULE_KINDS = {"diagnoses": "diagnosis", "regimens": "treatmentline", "cycles": "cycle",
+              "drugs": "drugadministration", "adverse_events": "adverseevent",
+              "labs": "labresult", "followups": "followup"}
+
+
+def _normalised(extract: ExtractFile) -> pd.Series:
+    """The file's patient numbers as the registry compares them."""
+    cached = getattr(extract, "_normalised", None)
+    if cached is None:
+        numbers = extract.raw["patient_no"]
+        forms = {n: hospital_number_normalise(n) for n in numbers.unique()}
+        cached = extract._normalised = numbers.map(forms)
+    return cached
+
+
+def _numbers_checked(extract: ExtractFile, problems: list[Problem]) -> set[str]:
+    """patients.csv's numbers (normalised); one number written two ways is a problem."""
+    number = _normalised(extract)
+    first = number.drop_duplicates()
+    again = number.duplicated() & ~extract.raw["patient_no"].duplicated()
+    rows = {n: i for i, n in first.items()}
+    for index in again[again].index:
+        problems.append(Problem(extract.filename, int(index) + 2, "patient_no",
+                                str(extract.raw.at[index, "patient_no"]),
+                                gettext("the same hospital number as row %(row)d, written "
+                                        "differently") % {"row": rows[number[index]] + 2}))
+    return set(first)
+
+
+def _rule_frames(files: dict[str, ExtractFile], site: Site) -> dict[str, pd.DataFrame]:
+    """Each file as the rulebook reads it: the record's columns (model field names) and the
+    patient's facts (``ctx_`` columns) from the extract and the registry together, set-based:
+    the stored facts in one query per table, joined by normalised patient number."""
+    numbers = set()
+    for extract in files.values():
+        numbers |= set(_normalised(extract))
+    stored = _stored_facts(site, numbers)
+    birth = stored["birth"]
+    if "patients" in files:
+        parsed = files["patients"].parsed
+        year = pd.to_numeric(parsed.get("birth_year"), errors="coerce") if "birth_year" in \
+            parsed else pd.Series(float("nan"), index=parsed.index)
+        if "birth_date" in parsed:
+            year = year.fillna(pd.to_datetime(parsed["birth_date"], errors="coerce").dt.year)
+        given = pd.Series(year.to_numpy(), index=_normalised(files["patients"]).to_numpy())
+        given = given[given.notna()]
+        birth = _joined(birth[~birth.index.isin(given.index)], given[~given.index.duplicated()])
+
+    def dates(key: str, column: str, where=None) -> pd.Series:
+        if key not in files:
+            return pd.Series(dtype="datetime64[ns]")
+        parsed = files[key].parsed
+        values = pd.Series(pd.to_datetime(parsed[column], errors="coerce").to_numpy(),
+                           index=_normalised(files[key]).to_numpy())
+        return values[where(parsed).to_numpy()] if where is not None else values
+
+    def combined(extract_values: list[pd.Series], stored_values: pd.Series, how: str):
+        both = _joined(stored_values, *extract_values).dropna()
+        grouped = both.groupby(level=0)
+        return grouped.min() if how == "min" else grouped.max()
+
+    dead = dates("followups", "followup_date", lambda p: p["vital_status"] == "dead")
+    death = combined([dead], stored["death"], "min")
+    first_dx = combined([dates("diagnoses", "diagnosis_date")], stored["first_dx"], "min")
+    last_event = combined([dates("diagnoses", "diagnosis_date"), dates("cycles", "start_date")],
+                          stored["last_event"], "max")
+    line_start = stored["line_start"]
+    if "regimens" in files:
+        given = pd.Series(pd.to_datetime(files["regimens"].parsed["start_date"],
+                                         errors="coerce").to_numpy(),
+                          index=pd.MultiIndex.from_arrays([
+                              _normalised(files["regimens"]).to_numpy(),
+                              files["regimens"].parsed["line_no"].astype(float).to_numpy()]))
+        line_start = _joined(line_start[~line_start.index.isin(given.index)],
+                             given[~given.index.duplicated()])
+    frames = {}
+    for key in RULE_KINDS:
+        if key not in files:
+            continue
+        extract = files[key]
+        frame = extract.parsed.copy()
+        for column in FILES[key]:  # a column the file leaves out is empty in every row
+            if column.name not in frame and column.name != "value":
+                frame[column.name] = None
+            if column.kind == "date":  # parsed once here, not once per rule
+                frame[column.name] = pd.to_datetime(frame[column.name], errors="coerce")
+        if key == "labs":
+            frame["value"] = frame["value_value"]
+        number = _normalised(extract).to_numpy()
+        frame["ctx_birth_year"] = birth.reindex(number).to_numpy()
+        frame["ctx_death_date"] = death.reindex(number).to_numpy()
+        frame["ctx_first_diagnosis_date"] = first_dx.reindex(number).to_numpy()
+        frame["ctx_last_event_date"] = last_event.reindex(number).to_numpy()
+        if key == "cycles":
+            frame["ctx_line_start_date"] = line_start.reindex(pd.MultiIndex.from_arrays([
+                number, frame["line_no"].astype(float).to_numpy()])).to_numpy()
+        frames[key] = frame
+    return frames
+
+
+def _stored_facts(site: Site, numbers: set[str]) -> dict[str, pd.Series]:
+    """The registry's facts of the extract's patients, indexed by normalised number: birth
+    year, first death, first diagnosis, last diagnosis or cycle, and each line's start."""
+    by_hash = {}
+    for number in numbers:
+        for h in hospital_number_hashes(site.code, number):
+            by_hash[h] = number
+    patients = {pk: (by_hash[h], year) for pk, h, year in Patient.objects.filter(
+        site=site, hospital_number_hash__in=list(by_hash)).values_list(
+        "pk", "hospital_number_hash", "birth_year")}
+    ids = list(patients)
+
+    def per_patient(rows) -> pd.Series:
+        rows = list(rows)
+        return pd.Series(pd.to_datetime([d for _, d in rows]),
+                         index=[patients[p][0] for p, _ in rows], dtype="datetime64[ns]")
+
+    death = per_patient(FollowUp.objects.filter(
+        patient_id__in=ids, vital_status=FollowUp.VitalStatus.DEAD).values_list(
+        "patient_id", "followup_date"))
+    diagnoses = per_patient(Diagnosis.objects.filter(patient_id__in=ids).values_list(
+        "patient_id", "diagnosis_date"))
+    cycles = per_patient(Cycle.objects.filter(patient_id__in=ids).values_list(
+        "patient_id", "start_date"))
+    lines = list(TreatmentLine.objects.filter(patient_id__in=ids).values_list(
+        "patient_id", "line_no", "start_date"))
+    line_start = pd.Series(
+        pd.to_datetime([d for _, _, d in lines]), dtype="datetime64[ns]",
+        index=pd.MultiIndex.from_arrays([[patients[p][0] for p, _, _ in lines],
+                                         [float(n) for _, n, _ in lines]]))
+    return {
+        "birth": pd.Series([y for _, y in patients.values()],
+                           index=[n for n, _ in patients.values()], dtype=float),
+        "death": death, "first_dx": diagnoses,
+        "last_event": _joined(diagnoses, cycles), "line_start": line_start}
+
+
+def _joined(*parts: pd.Series) -> pd.Series:
+    """The series one after another (empty ones left out: they carry no dtype)."""
+    kept = [p for p in parts if len(p)]
+    return pd.concat(kept) if kept else parts[0]
+
+
+def _rules_apply(extract: ExtractFile, kind: str, frame: pd.DataFrame,
+                 problems: list[Problem], soft: dict) -> None:
+    """The rulebook over one file's frame: hard violations are problems (file, row, column,
+    value, the rule's message), soft ones kept by file for their queries."""
+    violations, _ = evaluate(kind, frame)
+    for row, code, severity, field, message in zip(
+            violations["row"], violations["code"], violations["severity"], violations["field"],
+            violations["message"], strict=True):
+        if severity == Severity.HARD:
+            value = extract.raw.at[row, field] if field in extract.raw else ""
+            problems.append(Problem(extract.filename, int(row) + 2, field, str(value),
+                                    message, code))
+        else:
+            soft.setdefault(extract.name, []).append((int(row), field, message))
 
 
 def _report(problems: list[Problem], extract: ExtractFile, mask: pd.Series, column: str,
@@ -428,8 +612,8 @@ def _existing_structure(site: Site, files) -> tuple[set, set, set]:
     """The extract's patient numbers already registered, and their lines and cycles."""
     numbers = set()
     for extract in files.values():
-        numbers |= set(extract.raw["patient_no"])
-    by_hash = {hospital_number_hash(site.code, n): n for n in numbers}
+        numbers |= set(_normalised(extract))
+    by_hash = {h: n for n in numbers for h in hospital_number_hashes(site.code, n)}
     patients = dict(Patient.objects.filter(site=site, hospital_number_hash__in=list(by_hash))
                     .values_list("pk", "hospital_number_hash"))
     lines = {(by_hash[patients[p]], n) for p, n in TreatmentLine.objects.filter(
@@ -491,21 +675,46 @@ def _word_samples(files, places, word: str, limit: int = 3) -> list[dict]:
     return samples
 
 
-def _check_rules(files, site, concepts) -> None:
-    """Rules that need the words' meanings: grades the CTCAE term defines."""
-    problems = []
-    if "adverse_events" in files:
+def _check_rules(files, concepts, soft: dict) -> list[Problem]:
+    """The rulebook's rules that need the words' meanings: the grades a CTCAE term defines,
+    a lab value against its reference range in the canonical unit. A word not mapped yet
+    gives no meaning, and its rules wait for the mapping."""
+    problems: list[Problem] = []
+    if "adverse_events" in files and "grade" in files["adverse_events"].parsed:
         extract = files["adverse_events"]
-        for index, (word, grade) in enumerate(zip(extract.raw["term"],
-                                                  extract.parsed["grade"], strict=True)):
-            concept = concepts[("adverse_event", word)][1]
-            allowed = concept.allowed_grades() if concept else set()
-            if allowed and int(grade) not in allowed:
-                problems.append(Problem(extract.filename, index + 2, "grade", str(grade),
-                                        f"grade {grade} is not defined for {concept.name_en} "
-                                        f"(allowed: {', '.join(map(str, sorted(allowed)))})"))
-    if problems:
-        raise _Refused(problems)
+        words = extract.raw["term"]
+        meaning = {}
+        for word in words.unique():
+            concept = concepts.get(("adverse_event", word), (None, None))[1]
+            meaning[word] = ((allowed_grades_text(concept.allowed_grades()), concept.name_en)
+                             if concept is not None else ("", word))
+        frame = pd.DataFrame({
+            "grade": extract.parsed["grade"],
+            "ctx_allowed_grades": words.map(lambda w: meaning[w][0]),
+            "ctx_term": words.map(lambda w: meaning[w][1])}, index=extract.raw.index)
+        _rules_apply(extract, "adverseevent", frame, problems, soft)
+    if "labs" in files and "value_value" in files["labs"].parsed:
+        extract = files["labs"]
+        tests, units = extract.raw["test"], (extract.raw["unit"] if "unit" in extract.raw
+                                             else pd.Series("", index=extract.raw.index))
+        factor, low, high = {}, {}, {}
+        for pair in set(zip(tests, units, strict=True)):
+            lab = concepts.get(("lab", pair[0]), (None, None))[1]
+            unit = concepts.get(("unit", pair[1]), (None, None))[1]
+            value, _, _ = lab_canonical(lab=lab, unit=unit, value=1.0, unit_given=bool(pair[1]))
+            factor[pair] = value
+            reference = lab.attributes if lab is not None else {}
+            low[pair] = reference.get("reference_low")
+            high[pair] = reference.get("reference_high")
+        pairs = pd.Series(list(zip(tests, units, strict=True)), index=extract.raw.index)
+        frame = pd.DataFrame({
+            "value_canonical": extract.parsed["value_value"] * pd.to_numeric(
+                pairs.map(factor), errors="coerce"),
+            "ctx_reference_low": pd.to_numeric(pairs.map(low), errors="coerce"),
+            "ctx_reference_high": pd.to_numeric(pairs.map(high), errors="coerce")},
+            index=extract.raw.index)
+        _rules_apply(extract, "labresult", frame, problems, soft)
+    return problems
 
 
 def _python(series: pd.Series) -> list:
@@ -526,14 +735,16 @@ class _Writer:
     a stored record are compared field by field and updated (audited) where they differ.
     """
 
-    def __init__(self, batch: ImportBatch, files, concepts) -> None:
+    def __init__(self, batch: ImportBatch, files, concepts, soft: dict | None = None) -> None:
         self.batch, self.files = batch, files
+        self.soft = soft or {}
         self.site = batch.site
         self.user = batch.uploaded_by
         self.reason = import_reason(batch)
         self.counts: dict[str, dict[str, int]] = {}
         self.problems: list[Problem] = []
         self.factors: dict[tuple[int, int], tuple] = {}
+        self.queued_queries: list[tuple] = []
         # (domain, word) -> (site term id, concept id or None), and the concepts themselves.
         self.ids = {key: (term.pk if term else None, concept.pk if concept else None)
                     for key, (term, concept) in concepts.items()}
@@ -562,7 +773,28 @@ class _Writer:
             followup_summary_refresh(self.patient_ids)
         if self.problems:
             raise _Refused(self.problems)
+        for queued in self.queued_queries:
+            self._queries(*queued)
         return self.counts
+
+    def _queries(self, model, key: str, natural: list[str], keys: list[tuple]) -> None:
+        """Open the soft rules' queries on the file's written rows: one INSERT for the file,
+        attributed to the import's user with the import as the reason."""
+        flagged = pd.DataFrame(self.soft[key], columns=["position", "field", "text"])
+        ids = {tuple(row[:-1]): row[-1] for row in self._stored(model).values_list(
+            *natural, "id")}
+        patient_of = dict(self._stored(model).values_list("id", "patient_id"))
+        record = flagged["position"].map(lambda p: ids.get(keys[p]))
+        flagged = flagged.assign(record_id=record)[record.notna().to_numpy()]
+        if flagged.empty:
+            return
+        flagged["record_id"] = flagged["record_id"].astype(int)
+        flagged["patient_id"] = flagged["record_id"].map(patient_of)
+        flagged["site_id"] = self.site.pk
+        opened = queries_open_bulk(flagged, record_model=model._meta.model_name,
+                                   acting_user=self.user, reason=self.reason)
+        self.counts.setdefault("queries", {"created": 0, "updated": 0, "unchanged": 0})
+        self.counts["queries"]["created"] += opened
 
     # -- helpers -------------------------------------------------------------------------------
 
@@ -622,6 +854,8 @@ class _Writer:
                 matched.append(position)
         if repeated:  # nothing of this extract may be written
             raise _Refused(self.problems + repeated)
+        if key in self.soft:
+            self.queued_queries.append((model, key, natural, keys))
         is_new = pd.Series(True, index=values.index)
         is_new.iloc[matched] = False
         new = values[is_new.to_numpy()].assign(
@@ -672,9 +906,14 @@ class _Writer:
         numbers = set()
         for extract in self.files.values():
             numbers |= set(extract.raw["patient_no"])
-        self.hashes = hashes = {n: hospital_number_hash(self.site.code, n) for n in numbers}
-        stored = Patient.objects.filter(site=self.site,
-                                        hospital_number_hash__in=list(hashes.values()))
+        both = {n: hospital_number_hashes(self.site.code, n) for n in numbers}
+        stored = Patient.objects.filter(site=self.site, hospital_number_hash__in=[
+            h for pair in both.values() for h in pair])
+        # A patient stored under the legacy hash keeps it (the registry cannot rehash without
+        # the number); every other row is matched and written under the normalised hash.
+        known = set(stored.values_list("hospital_number_hash", flat=True))
+        self.hashes = hashes = {n: (legacy if legacy in known and normal not in known
+                                    else normal) for n, (normal, legacy) in both.items()}
         if "patients" in self.files:
             raw = self.files["patients"].raw
             departments = {d.name: d.pk for d in Department.objects.filter(site=self.site)}
@@ -689,8 +928,8 @@ class _Writer:
             _pause_for_tests()
         else:
             self._count("patients", "created", 0)  # the report always lists patients
-        number_of = {h: n for n, h in hashes.items()}
-        return {number_of[h]: pk for pk, h in stored.values_list("pk", "hospital_number_hash")}
+        pk_of = {h: pk for pk, h in stored.values_list("pk", "hospital_number_hash")}
+        return {n: pk_of[h] for n, h in hashes.items() if h in pk_of}
 
     def _patient_values(self, raw, parsed):
         birth_year = self._parsed(parsed, "birth_year").astype(object)

@@ -7,12 +7,13 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+import pandas as pd
 from django.contrib.auth.models import User
 from django.db import IntegrityError, models, transaction
 from django.utils import timezone
 
 from registry import limits
-from registry.audit import audited_save
+from registry.audit import audited_save, copy_frame_audited
 from registry.errors import NotPermitted, StaleEdit, ValidationFailed
 from registry.models import (
     AdverseEvent,
@@ -150,9 +151,11 @@ def store(
     *,
     acting_user: User,
     reason: str,
+    warnings: Iterable[tuple[str, str]] = (),
 ) -> models.Model:
     """Create a record, or apply an edit already cleared by `edit_guard` (version + 1; a
-    verified record goes back to submitted for review)."""
+    verified record goes back to submitted for review); open a query for each of the soft
+    rules' `warnings` (field, message)."""
     if instance is None:
         obj = model(**fields)
     else:
@@ -163,7 +166,7 @@ def store(
         if obj.status == RecordStatus.VERIFIED:
             obj.status = RecordStatus.SUBMITTED
     obj = save_or_refuse(obj, acting_user=acting_user, reason=reason)
-    queries_from_edit_checks(obj, acting_user=acting_user)
+    queries_from_edit_checks(obj, acting_user=acting_user, warnings=warnings)
     return obj
 
 
@@ -357,56 +360,13 @@ def query_close(query: DataQuery, *, acting_user: User) -> DataQuery:
     return audited_save(query, acting_user=acting_user, reason="query closed")
 
 
-# -- edit checks: soft warnings that open a query ------------------------------------------------
-
-# A per-administration dose above these is implausible for any drug in the registry's use.
-DOSE_CEILING = {"mg": 6000, "mg/m2": 3000, "mg/kg": 20, "AUC": 7, "g": 6, "ug": 1000}
+# -- soft rules: accepted, each opens a query for the monitor ------------------------------------
 
 
-def edit_checks(instance: models.Model) -> list[tuple[str, str]]:
-    """Soft warnings: accepted, but each opens a query for the monitor."""
-    warnings = []
-    if isinstance(instance, DrugAdministration) and instance.dose is not None:
-        ceiling = DOSE_CEILING.get(instance.dose_unit)
-        if ceiling is not None and instance.dose > ceiling:
-            warnings.append(
-                (
-                    "dose",
-                    f"Implausible dose {instance.dose} {instance.dose_unit} "
-                    f"(above {ceiling}); please confirm.",
-                )
-            )
-    if isinstance(instance, AdverseEvent) and instance.grade >= 4 and not instance.serious:
-        warnings.append(
-            (
-                "serious",
-                f"Grade {instance.grade} event not marked serious "
-                "(hospitalisation); please confirm.",
-            )
-        )
-    if isinstance(instance, LabResult) and instance.lab and instance.value_canonical is not None:
-        low = instance.lab.attributes.get("reference_low")
-        high = instance.lab.attributes.get("reference_high")
-        if high and instance.value_canonical > 10 * high:
-            warnings.append(
-                (
-                    "value_text",
-                    f"{instance.value_text} is far above the reference "
-                    f"range (up to {high}); please confirm.",
-                )
-            )
-        if low and instance.value_canonical < low / 20:
-            warnings.append(
-                (
-                    "value_text",
-                    f"{instance.value_text} is far below the reference "
-                    f"range (from {low}); please confirm.",
-                )
-            )
-    return warnings
-
-
-def queries_from_edit_checks(instance: models.Model, *, acting_user: User | None) -> list:
+def queries_from_edit_checks(instance: models.Model, *, acting_user: User | None,
+                             warnings: Iterable[tuple[str, str]] = ()) -> list:
+    """Open an automatic query for each (field, message) the rulebook's soft rules gave for
+    the saved record, unless one is already open on that field (a form's path, one record)."""
     opened = []
     existing = set(
         DataQuery.objects.filter(
@@ -416,11 +376,42 @@ def queries_from_edit_checks(instance: models.Model, *, acting_user: User | None
             status__in=[DataQuery.Status.OPEN, DataQuery.Status.ANSWERED],
         ).values_list("field", flat=True)
     )
-    for field, text in edit_checks(instance):
+    for field, text in warnings:
         if field not in existing:
+            existing.add(field)
             opened.append(
                 query_open(
                     instance, field=field, text=text, acting_user=acting_user, automatic=True
                 )
             )
     return opened
+
+
+def queries_open_bulk(frame: pd.DataFrame, *, record_model: str, acting_user: User | None,
+                      reason: str) -> int:
+    """Open the automatic queries of many records in one INSERT (COPY, with their history
+    rows): the import's path. `frame` has site_id, patient_id, record_id, field and text; a
+    record that already has an open automatic query on the field gets no second one, nor
+    does a (record, field) repeated in the frame. Returns how many were opened."""
+    if frame.empty:
+        return 0
+    frame = frame.drop_duplicates(["record_id", "field"])
+    open_now = pd.DataFrame(
+        DataQuery.objects.filter(
+            record_model=record_model, record_id__in=frame["record_id"].tolist(),
+            automatic=True,
+            status__in=[DataQuery.Status.OPEN, DataQuery.Status.ANSWERED],
+        ).values_list("record_id", "field"), columns=["record_id", "field"])
+    if not open_now.empty:
+        known = frame.merge(open_now.drop_duplicates(), how="left", indicator=True)
+        frame = frame[(known["_merge"] == "left_only").to_numpy()]
+    text = frame["text"].str.slice(0, limits.QUERY_TEXT_MAX_LENGTH)
+    rows = pd.DataFrame({
+        "site_id": frame["site_id"].to_numpy(), "patient_id": frame["patient_id"].to_numpy(),
+        "record_model": record_model, "record_id": frame["record_id"].to_numpy(),
+        "field": frame["field"].to_numpy(), "text": text.to_numpy(), "automatic": True,
+        "status": DataQuery.Status.OPEN,
+        "opened_by_id": acting_user.pk if acting_user is not None else None,
+        "answer": "", "opened_at": timezone.now()})
+    copy_frame_audited(DataQuery, rows, acting_user=acting_user, reason=reason)
+    return len(rows)

@@ -17,7 +17,7 @@ from django.views.decorators.http import require_POST
 from registry import access
 from registry.csvsafe import spreadsheet_safe
 from registry.errors import RegistryError
-from registry.extracts import UPLOAD_SUFFIXES, upload_limit, upload_max_bytes
+from registry.extracts import PROBLEM_COLUMNS, UPLOAD_SUFFIXES, upload_limit, upload_max_bytes
 from registry.models import ImportBatch
 from registry.models.imports import SOURCE_NAME_MAX_LENGTH
 from registry.services.imports import IMPORT_ROLES, batch_resume, batch_upload
@@ -112,7 +112,7 @@ def import_detail(request: HttpRequest, batch_id: int) -> HttpResponse:
         response = HttpResponse(content_type="text/csv; charset=utf-8")
         response["Content-Disposition"] = f'attachment; filename="import-{batch.pk}-errors.csv"'
         response.write("\ufeff")
-        writer = csv.DictWriter(response, ["file", "row", "column", "value", "message"])
+        writer = csv.DictWriter(response, PROBLEM_COLUMNS)
         writer.writeheader()
         for error in batch.errors:
             writer.writerow({k: spreadsheet_safe(v) for k, v in error.items()})

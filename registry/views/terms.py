@@ -67,27 +67,38 @@ def grades(request: HttpRequest) -> JsonResponse:
                          "grades": concept.attributes.get("grades", {})})
 
 
-def propose_grade(lab: Concept, value: float) -> tuple[str, int] | None:
-    """The CTCAE term and grade a lab value in the canonical unit suggests, if any."""
+def propose_grade(lab: Concept, value: float, comparator: str = "") -> tuple[str, int] | None:
+    """The CTCAE term and grade a lab value in the canonical unit suggests, if any.
+
+    A censored value is graded by what it says of the true value: "<0.5" is below 0.5, so
+    neutrophils "<0.5 x 10^9/L" are grade 4 (CTCAE: <0.5), not the grade 3 of 0.5 itself;
+    ">1000" is above 1000. A band the bound does not settle ("<=0.5", ">0.3" for a fall)
+    takes the grade the bound itself has."""
+    def below(threshold: float) -> bool:
+        return value <= threshold if comparator == "<" else value < threshold
+
+    def above(bound: float) -> bool:
+        return value >= bound if comparator == ">" else value > bound
+
     for term in Concept.objects.filter(vocabulary__code="CTCAE",
                                        attributes__lab=lab.code):
         rule = term.attributes.get("lab_grading", {})
         if rule.get("direction") == "below":
             grade = 0
             low = lab.attributes.get("reference_low")
-            if low is not None and value < low:
+            if low is not None and below(low):
                 grade = 1
             for g, threshold in sorted(rule["thresholds"].items()):
-                if value < threshold:
+                if below(threshold):
                     grade = max(grade, int(g))
             return (term.name_en, grade) if grade else None
         if rule.get("direction") == "above_uln":
             uln = lab.attributes.get("reference_high")
-            if not uln or value <= uln:
+            if not uln or not above(uln):
                 return None
             grade = 1
             for g, multiple in sorted(rule["uln_multiples"].items()):
-                if value > multiple * uln:
+                if above(multiple * uln):
                     grade = max(grade, int(g))
             return term.name_en, grade
     return None
@@ -112,7 +123,7 @@ def lab_preview(request: HttpRequest) -> JsonResponse:
     if value is None:
         return JsonResponse({"canonical": None, "note": f"{unit.code} does not convert to "
                              f"{lab.attributes.get('canonical_unit')}"})
-    proposal = propose_grade(lab, value)
+    proposal = propose_grade(lab, value, comparator)
     return JsonResponse({
         "canonical": f"{comparator}{value:g} {canonical.code}",
         "proposed": {"term": proposal[0], "grade": proposal[1]} if proposal else None})

@@ -177,7 +177,7 @@ def test_words_waiting_in_an_import_lead_the_review_queue_with_their_rows(
     ({"diagnoses.csv": DIAGNOSES.replace("2024-03-05", "2099-03-05")}, "in the future"),
     ({"drugs.csv": DRUGS.replace(",75,mg/m2,iv", ",-75,mg/m2,iv")}, "must be positive"),
     ({"adverse_events.csv": AES.replace("2级", "6")}, "CTCAE grades are 1-5"),
-    ({"adverse_events.csv": AES.replace("恶心,2级", "恶心,4")}, "grade 4 is not defined"),
+    ({"adverse_events.csv": AES.replace("恶心,2级", "恶心,4")}, "Grade 4 is not defined"),
     ({"labs.csv": LABS.replace(",800,", ",abc,")}, "not a number"),
     ({"followups.csv": FOLLOWUPS + "H999,2024-09-01,alive,N\n"}, "no such patient"),
     ({"drugs.csv": DRUGS.replace("H001,1,2,1,DDP", "H001,1,7,1,DDP")}, "no such cycle"),

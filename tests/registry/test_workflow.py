@@ -102,12 +102,12 @@ def test_edit_checks_open_queries_once(site_a, alice):
     lab = clinical.lab_result_record(patient=patient, test="ALT", value="900", unit="U/L",
                                      collected_date=cycle.start_date, acting_user=alice)
     automatic = DataQuery.objects.filter(automatic=True).exclude(record_model="followup")
-    assert set(automatic.values_list("field", flat=True)) == {"serious", "dose", "value_text"}
+    assert set(automatic.values_list("field", flat=True)) == {"serious", "dose", "value"}
     # Saving the same record again does not open a second query on the same field.
     clinical.lab_result_record(patient=patient, test="ALT", value="950", unit="U/L",
                                collected_date=cycle.start_date, instance=lab,
                                expected_version=lab.version, acting_user=alice)
-    assert automatic.filter(field="value_text").count() == 1
+    assert automatic.filter(field="value").count() == 1
 
 
 def test_patient_submit_submits_every_draft(site_a, alice):

@@ -7,6 +7,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from registry.csvsafe import spreadsheet_safe
 from registry.errors import RegistryError
+from registry.extracts import PROBLEM_COLUMNS
 from registry.models import ImportBatch, Site
 from registry.services.imports import batch_create, extract_import
 from registry.services.terminology import site_term_frequencies_refresh
@@ -65,8 +66,7 @@ class Command(BaseCommand):
                 self.stdout.write(f"  ... and {len(batch.errors) - 200:,} more")
             if opts["report"]:
                 with open(opts["report"], "w", newline="", encoding="utf-8-sig") as handle:
-                    writer = csv.DictWriter(handle, ["file", "row", "column", "value",
-                                                     "message"])
+                    writer = csv.DictWriter(handle, PROBLEM_COLUMNS)
                     writer.writeheader()
                     writer.writerows({k: spreadsheet_safe(v) for k, v in error.items()}
                                      for error in batch.errors)
