@@ -4,6 +4,7 @@ each in that site's own encoding, date style and spellings."""
 from __future__ import annotations
 
 import gzip
+import io
 from pathlib import Path
 
 import numpy as np
@@ -15,8 +16,14 @@ MONTH_DAY = {"iso": "%Y-%m-%d", "dot": "%Y.%m.%d", "compact": "%Y%m%d"}
 
 
 def format_dates(days: pd.Series, style: str) -> pd.Series:
+    """Whole days since EPOCH (missing: NaN) as the site's date text (missing: "")."""
     values = pd.Series(days, dtype="float64").reset_index(drop=True)
-    stamp = pd.to_datetime(values, unit="D", origin=pd.Timestamp(EPOCH))
+    # Whole days as integers, never floats with NaN through pd.to_datetime(unit=...): pandas
+    # before 3.0 reads uninitialised memory for the missing slots there and raises
+    # FloatingPointError at random (pandas-dev/pandas#58419).
+    whole = values.fillna(0).round().astype("int64").to_numpy()
+    stamp = pd.Series(np.datetime64(EPOCH, "D") + whole.astype("timedelta64[D]"))
+    stamp = stamp.where(values.notna())
     if style in MONTH_DAY:
         text = stamp.dt.strftime(MONTH_DAY[style])
     else:
@@ -240,11 +247,15 @@ class TruthWriter:
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self._file = gzip.open(path, "wt", encoding="utf-8", newline="")  # noqa: SIM115 (closed by close())
+        # No file name and no time in the gzip header: the same seed gives the same bytes.
+        self._raw = open(path, "wb")  # noqa: SIM115 (closed by close())
+        self._gzip = gzip.GzipFile(filename="", mode="wb", fileobj=self._raw, mtime=0)
+        self._file = io.TextIOWrapper(self._gzip, encoding="utf-8", newline="")
         self._file.write(",".join(TRUTH_COLUMNS) + "\n")
 
     def add(self, cohort: SiteCohort) -> None:
         truth_frame(cohort).to_csv(self._file, index=False, header=False, lineterminator="\n")
 
     def close(self) -> None:
-        self._file.close()
+        self._file.close()  # closes the gzip stream, which leaves fileobj open
+        self._raw.close()
