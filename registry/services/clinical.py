@@ -26,17 +26,15 @@ from registry.models import (
     FollowUp,
     LabResult,
     Patient,
-    Role,
     Site,
     TreatmentLine,
 )
+from registry.models.organisation import DATA_ENTRY_ROLES
 from registry.pseudonyms import hospital_number_hash
 from registry.services.mapping import term_resolve
 from registry.services.organisation import require_site_role
 from registry.services.terminology import lab_canonical, normalise_for_domain
 from registry.services.workflow import edit_guard, save_or_refuse, store
-
-DATA_ENTRY_ROLES = (Role.CLERK, Role.MONITOR)
 
 _LAB_VALUE = re.compile(r"^\s*(<=|>=|≤|≥|<|>)?\s*([-+]?\d+(?:\.\d+)?)\s*$")
 

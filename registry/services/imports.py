@@ -59,13 +59,13 @@ from registry.models import (
     MappingStatus,
     Patient,
     RecordStatus,
-    Role,
     Site,
     SiteTerm,
     TermMapping,
     TreatmentLine,
 )
 from registry.models.imports import ENDED, RESUMABLE, SOURCE_NAME_MAX_LENGTH
+from registry.models.organisation import DATA_ENTRY_ROLES
 from registry.pseudonyms import hospital_number_hash
 from registry.services.clinical import followup_summary_refresh
 from registry.services.mapping import suggest, term_resolve
@@ -76,7 +76,7 @@ from registry.services.terminology import (
     site_term_frequencies_refresh,
 )
 
-IMPORT_ROLES = (Role.CLERK, Role.MONITOR)
+IMPORT_ROLES = DATA_ENTRY_ROLES  # who enters a site's records imports its extracts
 
 logger = logging.getLogger(__name__)
 

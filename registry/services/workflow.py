@@ -24,14 +24,11 @@ from registry.models import (
     LabResult,
     Patient,
     RecordStatus,
-    Role,
     TreatmentLine,
 )
+from registry.models.organisation import DATA_ENTRY_ROLES, REVIEW_ROLES
 from registry.services.mapping import record_recode
 from registry.services.organisation import require_site_role
-
-DATA_ENTRY_ROLES = (Role.CLERK, Role.MONITOR)
-REVIEW_ROLES = (Role.MONITOR,)
 
 # The kinds of clinical record a clerk edits, by the short name used in URLs and queries.
 RECORD_MODELS: dict[str, type[models.Model]] = {
