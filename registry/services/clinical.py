@@ -15,6 +15,7 @@ from django.db.models import Exists, OuterRef, Subquery
 from django.utils import timezone
 
 from registry import limits
+from registry.audit import version_bump
 from registry.errors import ErrorCollector, ValidationFailed
 from registry.models import (
     AdverseEvent,
@@ -196,7 +197,7 @@ def patient_withdraw(
     with transaction.atomic():
         patient = Patient.objects.select_for_update().get(pk=patient.pk)
         patient.withdrawn_date = withdrawn_date
-        patient.version += 1
+        version_bump(patient)
         return save_or_refuse(patient, acting_user=acting_user, reason=reason)
 
 

@@ -29,7 +29,7 @@ from django.core.files.uploadedfile import UploadedFile
 from django.db import connection, transaction
 from django.utils import timezone
 
-from registry.audit import audited_save, bulk_update_audited, copy_frame_audited
+from registry.audit import audited_save, bulk_update_audited, copy_frame_audited, version_bump
 from registry.biomarkers import parse_biomarkers
 from registry.errors import ValidationFailed
 from registry.extracts import (
@@ -659,7 +659,7 @@ class _Writer:
             return False
         for k, v in differs.items():
             setattr(obj, k, v)
-        obj.version += 1
+        version_bump(obj)
         obj.import_batch = self.batch
         if obj.status == RecordStatus.VERIFIED:
             obj.status = RecordStatus.SUBMITTED

@@ -17,7 +17,7 @@ from django.db.models import Count, Max
 from django.utils import timezone
 from rapidfuzz import fuzz, process
 
-from registry.audit import audited_save, bulk_update_audited
+from registry.audit import audited_save, bulk_update_audited, version_bump
 from registry.errors import ValidationFailed
 from registry.models import (
     AdverseEvent,
@@ -384,7 +384,7 @@ def recode(
         fields = [concept_field, "version"]
         for row in rows:
             setattr(row, concept_field, concept)
-            row.version += 1
+            version_bump(row)
             if model is LabResult:
                 _lab_canonical(row)
         if model is LabResult:
@@ -425,7 +425,7 @@ def record_recode(instance: models.Model, *, acting_user: User | None,
     if changed:
         if isinstance(instance, LabResult):
             _lab_canonical(instance)
-        instance.version += 1
+        version_bump(instance)
         audited_save(instance, acting_user=acting_user,
                      reason=f"{reason}: {', '.join(changed)} from the current mapping")
     return changed

@@ -12,7 +12,7 @@ from django.db import IntegrityError, models, transaction
 from django.utils import timezone
 
 from registry import limits
-from registry.audit import audited_save
+from registry.audit import audited_save, version_bump
 from registry.errors import NotPermitted, StaleEdit, ValidationFailed
 from registry.models import (
     AdverseEvent,
@@ -156,7 +156,7 @@ def store(
         obj = type(instance).objects.get(pk=instance.pk)
         for name, value in fields.items():
             setattr(obj, name, value)
-        obj.version += 1
+        version_bump(obj)
         if obj.status == RecordStatus.VERIFIED:
             obj.status = RecordStatus.SUBMITTED
     obj = save_or_refuse(obj, acting_user=acting_user, reason=reason)
@@ -183,7 +183,7 @@ def _transition(
             f"A {obj.get_status_display().lower()} record cannot become {to}.", field="status"
         )
     obj.status = to
-    obj.version += 1
+    version_bump(obj)
     return audited_save(obj, acting_user=acting_user, reason=reason)
 
 
