@@ -10,20 +10,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from registry.synth.generator import EPOCH, SiteCohort
+from registry.synth.generator import EPOCH, SiteCohort, epoch_dates
 
 MONTH_DAY = {"iso": "%Y-%m-%d", "dot": "%Y.%m.%d", "compact": "%Y%m%d"}
 
 
 def format_dates(days: pd.Series, style: str) -> pd.Series:
     """Whole days since EPOCH (missing: NaN) as the site's date text (missing: "")."""
-    values = pd.Series(days, dtype="float64").reset_index(drop=True)
-    # Whole days as integers, never floats with NaN through pd.to_datetime(unit=...): pandas
-    # before 3.0 reads uninitialised memory for the missing slots there and raises
-    # FloatingPointError at random (pandas-dev/pandas#58419).
-    whole = values.fillna(0).round().astype("int64").to_numpy()
-    stamp = pd.Series(np.datetime64(EPOCH, "D") + whole.astype("timedelta64[D]"))
-    stamp = stamp.where(values.notna())
+    stamp = epoch_dates(pd.Series(days).reset_index(drop=True))
     if style in MONTH_DAY:
         text = stamp.dt.strftime(MONTH_DAY[style])
     else:
@@ -31,7 +25,7 @@ def format_dates(days: pd.Series, style: str) -> pd.Series:
         m = stamp.dt.month.astype("Int64").astype(str)
         d = stamp.dt.day.astype("Int64").astype(str)
         text = y + "/" + m + "/" + d if style == "slash" else y + "年" + m + "月" + d + "日"
-    return text.where(values.notna(), "")
+    return text.where(stamp.notna(), "")
 
 
 def _styled(values: pd.Series, mapping: dict) -> pd.Series:

@@ -258,6 +258,20 @@ def test_missing_dates_format_whatever_memory_held_before(size):
     assert format_dates(days, "zh").iloc[0] == "2022年1月8日"
 
 
+@pytest.mark.parametrize("size", [10, 1000])
+def test_the_loader_reads_missing_dates_whatever_memory_held_before(size):
+    from registry.synth.load import _dates
+
+    days = pd.Series([np.nan] * size, index=range(3, size + 3))
+    days.iloc[-1] = 0.0
+    for _ in range(5):
+        junk = [np.full(size, 1e308) for _ in range(8)]
+        del junk
+        stored = _dates(days)
+        assert list(stored.index) == list(days.index)
+        assert stored.iloc[:-1].isna().all() and stored.iloc[-1] == "1970-01-01"
+
+
 def test_extract_files_follow_the_format_columns():
     (site_cohort,) = cohort(patients=50, sites=1, seed=8)
     frames = site_frames(site_cohort)
