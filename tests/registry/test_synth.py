@@ -286,7 +286,7 @@ def _benchmark(name: str, patients: int) -> dict[str, dict]:
     """Run `benchmark NAME --json` in a scratch database; its figures by name."""
     env_db = connection.settings_dict
     url = (f"postgres://{env_db['USER']}@{env_db['HOST'] or '127.0.0.1'}:{env_db['PORT'] or 5432}"
-           f"/registry_benchcheck")
+           f"/{env_db['NAME']}_benchcheck")  # beside this run's test database, no one else's
     result = subprocess.run(
         [sys.executable, "manage.py", "benchmark", name, "--patients", str(patients), "--json"],
         cwd=ROOT, capture_output=True, text=True, timeout=300,
@@ -311,6 +311,15 @@ def test_benchmark_seed_reports_ours_and_the_copy_baseline():
 def test_benchmark_import_reports_both_copy_baselines_and_the_clerk_extract():
     figures = _benchmark("import", 150)
     whole = figures["import"]
+    # Uploaded by a clerk of the site, as on the web; rows counted as the seed counts them:
+    # each clinical row and its history row (the site's words came with its mapping file).
+    assert whole["acting_user_role"] == "clerk"
+    assert whole["rows"] == 2 * whole["clinical_rows"]
+    seed = _benchmark("seed", 150)["seed"]
+    (spec,) = g.plan_sites(n_sites=1, n_patients=150, seed=42)
+    site_cohort = g.generate_site(spec)
+    assert whole["clinical_rows"] == sum(site_cohort.row_counts().values())
+    assert seed["rows"] == whole["rows"] + len(site_cohort.terms)
     assert whole["rows"] > 5000 and whole["baseline"] == "postgres_copy_foreign_keys_checked"
     assert whole["ratio"] == pytest.approx(whole["ours_s"] / whole["baseline_s"], rel=0.01)
     assert whole["copy_foreign_keys_suspended_s"] > 0
