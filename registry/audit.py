@@ -39,6 +39,14 @@ def system_user() -> User:
     return user
 
 
+def version_bump(obj: Model) -> int:
+    """Count one more change of a versioned record (in memory; the caller saves it). The only
+    place a version moves: the no-lost-update check of an edit and the audit's "changed since
+    version N" rely on every change counting exactly one."""
+    obj.version += 1
+    return obj.version
+
+
 def history_user(acting_user: User | None) -> User:
     """Who a history row names: the acting user, else the system account."""
     return acting_user if acting_user is not None else system_user()

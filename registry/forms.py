@@ -7,7 +7,7 @@ from django import forms
 from django.utils.translation import gettext_lazy as _
 
 from registry import limits as L
-from registry.models import DrugAdministration, FollowUp, Patient, TreatmentLine
+from registry.models import Domain, DrugAdministration, FollowUp, Patient, TreatmentLine
 
 DATE = forms.DateInput(attrs={"type": "date"})
 
@@ -71,6 +71,8 @@ class PatientEditForm(EditMixin):
 class DiagnosisForm(EditMixin):
     diagnosis_date = forms.DateField(label=_("Diagnosis date"), widget=DATE)
     cancer = _term(_("Cancer (local word or ICD-10)"), domain="condition")
+    morphology = _term(_("Morphology (local word or ICD-O-3)"), domain=Domain.MORPHOLOGY,
+                       required=False)
     stage_system = forms.CharField(label=_("Stage system"), required=False,
                                    max_length=L.STAGE_MAX_LENGTH)
     stage_group = forms.CharField(label=_("Stage group"), required=False,

@@ -19,6 +19,10 @@ class Role(models.TextChoices):
 
 # Roles that act on a site's rows need a site; the others act registry-wide.
 SITE_ROLES = (Role.CLERK, Role.MONITOR, Role.SITE_PI)
+# Who enters a site's records (forms, extracts, the words they use); who reviews them (verify,
+# lock, queries, the meaning of the site's words).
+DATA_ENTRY_ROLES = (Role.CLERK, Role.MONITOR)
+REVIEW_ROLES = (Role.MONITOR,)
 
 
 class Site(models.Model):

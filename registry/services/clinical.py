@@ -16,6 +16,7 @@ from django.db.models import Exists, Max, Min, OuterRef, Subquery
 from django.utils import timezone
 
 from registry import limits
+from registry.audit import version_bump
 from registry.errors import ErrorCollector, ValidationFailed
 from registry.models import (
     AdverseEvent,
@@ -27,18 +28,16 @@ from registry.models import (
     FollowUp,
     LabResult,
     Patient,
-    Role,
     Site,
     TreatmentLine,
 )
+from registry.models.organisation import DATA_ENTRY_ROLES
 from registry.pseudonyms import hospital_number_hash, hospital_number_hashes
 from registry.rules import Severity, allowed_grades_text, evaluate
 from registry.services.mapping import term_resolve
 from registry.services.organisation import require_site_role
 from registry.services.terminology import lab_canonical, normalise_for_domain
 from registry.services.workflow import edit_guard, save_or_refuse, store
-
-DATA_ENTRY_ROLES = (Role.CLERK, Role.MONITOR)
 
 _LAB_VALUE = re.compile(r"^\s*(<=|>=|≤|≥|<|>)?\s*([-+]?\d+(?:\.\d+)?)\s*$")
 
@@ -222,7 +221,7 @@ def patient_withdraw(
     with transaction.atomic():
         patient = Patient.objects.select_for_update().get(pk=patient.pk)
         patient.withdrawn_date = withdrawn_date
-        patient.version += 1
+        version_bump(patient)
         return save_or_refuse(patient, acting_user=acting_user, reason=reason)
 
 

@@ -30,7 +30,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 from django.utils.translation import gettext
 
-from registry.audit import audited_save, bulk_update_audited, copy_frame_audited
+from registry.audit import audited_save, bulk_update_audited, copy_frame_audited, version_bump
 from registry.biomarkers import parse_biomarkers
 from registry.errors import ValidationFailed
 from registry.extracts import (
@@ -61,13 +61,13 @@ from registry.models import (
     MappingStatus,
     Patient,
     RecordStatus,
-    Role,
     Site,
     SiteTerm,
     TermMapping,
     TreatmentLine,
 )
 from registry.models.imports import ENDED, RESUMABLE, SOURCE_NAME_MAX_LENGTH
+from registry.models.organisation import DATA_ENTRY_ROLES
 from registry.pseudonyms import (
     hospital_number_hashes,
     hospital_number_normalise,
@@ -83,7 +83,7 @@ from registry.services.terminology import (
 )
 from registry.services.workflow import queries_open_bulk
 
-IMPORT_ROLES = (Role.CLERK, Role.MONITOR)
+IMPORT_ROLES = DATA_ENTRY_ROLES  # who enters a site's records imports its extracts
 
 logger = logging.getLogger(__name__)
 
@@ -893,7 +893,7 @@ class _Writer:
             return False
         for k, v in differs.items():
             setattr(obj, k, v)
-        obj.version += 1
+        version_bump(obj)
         obj.import_batch = self.batch
         if obj.status == RecordStatus.VERIFIED:
             obj.status = RecordStatus.SUBMITTED

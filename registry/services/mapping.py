@@ -18,7 +18,7 @@ from django.db.models import Count, Max, Min, Q
 from django.utils import timezone
 from rapidfuzz import fuzz, process
 
-from registry.audit import audited_save, bulk_update_audited, update_audited
+from registry.audit import audited_save, bulk_update_audited, update_audited, version_bump
 from registry.errors import ValidationFailed
 from registry.models import (
     AdverseEvent,
@@ -35,6 +35,7 @@ from registry.models import (
     TermMapping,
     TreatmentLine,
 )
+from registry.models.organisation import DATA_ENTRY_ROLES, REVIEW_ROLES
 from registry.services.organisation import require_site_role
 from registry.services.terminology import (
     approved_concept,
@@ -214,16 +215,28 @@ def term_resolve(
     return term, concept
 
 
+def _require_role(acting_user: User | None, site: Site, roles: tuple[str, ...]) -> None:
+    """The acting user must hold one of `roles` at `site`; no user is an unattended job (a
+    management command, the cohort loader, an import without an uploader), as in
+    `batch_create`."""
+    if acting_user is not None:
+        require_site_role(acting_user, site, roles)
+
+
+def policy_approves(site: Site, method: str, score: float) -> bool:
+    """Whether the site's policy lets a match of this method and score be approved without a
+    reviewer (the word is then coded as a clerk enters it)."""
+    threshold = site.auto_approve_min_score
+    return threshold is not None and method in AUTO_METHODS and score >= threshold
+
+
 def auto_approvable(site: Site, suggestions: list[Suggestion]) -> Suggestion | None:
     """The suggestion the site's policy approves without review, if any: a clear winner by an
     exact, synonym or learned match at or above the site's threshold."""
-    threshold = site.auto_approve_min_score
-    if threshold is None or not suggestions:
+    if not suggestions or not policy_approves(site, suggestions[0].method, suggestions[0].score):
         return None
     top = suggestions[0]
-    if top.method not in AUTO_METHODS or top.score < threshold:
-        return None
-    if len(suggestions) > 1 and suggestions[1].score >= threshold:
+    if len(suggestions) > 1 and suggestions[1].score >= site.auto_approve_min_score:
         return None  # two concepts claim the word: a person decides
     return top
 
@@ -233,7 +246,8 @@ def term_suggestions_store(
     term: SiteTerm, *, acting_user: User | None, limit: int = 3
 ) -> TermMapping | None:
     """Record suggestions for a term (status suggested) and approve one if the site's policy
-    allows; returns the approved mapping, if any."""
+    allows; returns the approved mapping, if any. Whoever enters the site's records may."""
+    _require_role(acting_user, term.site, DATA_ENTRY_ROLES)
     suggestions = suggest(term.domain, term.text, site=term.site, limit=limit)
     winner = auto_approvable(term.site, suggestions)
     if winner is not None:
@@ -273,7 +287,14 @@ def mapping_approve(
     reason: str = "mapping approved",
 ) -> TermMapping:
     """Make `concept` the approved meaning of the word and re-code every stored row that came
-    from it (audited, in this transaction). A previous approval is withdrawn."""
+    from it (audited, in this transaction). A previous approval is withdrawn.
+
+    A reviewer of the site decides a word's meaning; whoever enters its records may only
+    approve what the site's policy approves without review (an exact, synonym or learned match
+    at or above its threshold)."""
+    _require_role(acting_user, site_term.site,
+                  DATA_ENTRY_ROLES if policy_approves(site_term.site, method, score)
+                  else REVIEW_ROLES)
     if concept.domain != site_term.domain:
         raise ValidationFailed(
             f"{concept} is a {concept.domain} concept; the word {site_term.text!r} is a "
@@ -495,7 +516,7 @@ def _recode_row_by_row(model: type[models.Model], concept_field: str, rows: mode
         now = timezone.now()
         for row in batch:
             setattr(row, concept_field, concept)
-            row.version += 1
+            version_bump(row)
             row.updated_at = now
             if model is LabResult:
                 _lab_canonical(row)
@@ -536,7 +557,7 @@ def record_recode(instance: models.Model, *, acting_user: User | None,
     if changed:
         if isinstance(instance, LabResult):
             _lab_canonical(instance)
-        instance.version += 1
+        version_bump(instance)
         audited_save(instance, acting_user=acting_user,
                      reason=f"{reason}: {', '.join(changed)} from the current mapping")
     return changed
@@ -551,6 +572,9 @@ def _lab_canonical(lab: LabResult) -> None:
 def mapping_reject(
     *, mapping: TermMapping, acting_user: User, reason: str = "rejected"
 ) -> TermMapping:
+    """Reject a suggested or approved meaning of a word (a reviewer of the site); rows coded
+    from an approved one are re-coded as unmapped."""
+    require_site_role(acting_user, mapping.site_term.site, REVIEW_ROLES)
     was_approved = mapping.status == MappingStatus.APPROVED
     mapping.status = MappingStatus.REJECTED
     mapping.reviewed_by, mapping.reviewed_at = acting_user, timezone.now()
@@ -576,9 +600,6 @@ def term_mark_unmappable(*, term: SiteTerm, acting_user: User, reason: str) -> S
         mapping_reject(mapping=mapping, acting_user=acting_user, reason=f"not mappable: {reason}")
     term.unmappable = True
     return audited_save(term, acting_user=acting_user, reason=f"not mappable: {reason}")
-
-
-REVIEW_ROLES = ("monitor",)
 
 
 def mapping_review_approve(*, term: SiteTerm, concept: Concept, acting_user: User,

@@ -13,7 +13,7 @@ from django.db import IntegrityError, models, transaction
 from django.utils import timezone
 
 from registry import limits
-from registry.audit import audited_save, copy_frame_audited
+from registry.audit import audited_save, copy_frame_audited, version_bump
 from registry.errors import NotPermitted, StaleEdit, ValidationFailed
 from registry.models import (
     AdverseEvent,
@@ -25,14 +25,11 @@ from registry.models import (
     LabResult,
     Patient,
     RecordStatus,
-    Role,
     TreatmentLine,
 )
+from registry.models.organisation import DATA_ENTRY_ROLES, REVIEW_ROLES
 from registry.services.mapping import record_recode
 from registry.services.organisation import require_site_role
-
-DATA_ENTRY_ROLES = (Role.CLERK, Role.MONITOR)
-REVIEW_ROLES = (Role.MONITOR,)
 
 # The kinds of clinical record a clerk edits, by the short name used in URLs and queries.
 RECORD_MODELS: dict[str, type[models.Model]] = {
@@ -162,7 +159,7 @@ def store(
         obj = type(instance).objects.get(pk=instance.pk)
         for name, value in fields.items():
             setattr(obj, name, value)
-        obj.version += 1
+        version_bump(obj)
         if obj.status == RecordStatus.VERIFIED:
             obj.status = RecordStatus.SUBMITTED
     obj = save_or_refuse(obj, acting_user=acting_user, reason=reason)
@@ -189,7 +186,7 @@ def _transition(
             f"A {obj.get_status_display().lower()} record cannot become {to}.", field="status"
         )
     obj.status = to
-    obj.version += 1
+    version_bump(obj)
     return audited_save(obj, acting_user=acting_user, reason=reason)
 
 

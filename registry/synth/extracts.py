@@ -4,19 +4,20 @@ each in that site's own encoding, date style and spellings."""
 from __future__ import annotations
 
 import gzip
+import io
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from registry.synth.generator import EPOCH, SiteCohort
+from registry.synth.generator import EPOCH, SiteCohort, epoch_dates
 
 MONTH_DAY = {"iso": "%Y-%m-%d", "dot": "%Y.%m.%d", "compact": "%Y%m%d"}
 
 
 def format_dates(days: pd.Series, style: str) -> pd.Series:
-    values = pd.Series(days, dtype="float64").reset_index(drop=True)
-    stamp = pd.to_datetime(values, unit="D", origin=pd.Timestamp(EPOCH))
+    """Whole days since EPOCH (missing: NaN) as the site's date text (missing: "")."""
+    stamp = epoch_dates(pd.Series(days).reset_index(drop=True))
     if style in MONTH_DAY:
         text = stamp.dt.strftime(MONTH_DAY[style])
     else:
@@ -24,7 +25,7 @@ def format_dates(days: pd.Series, style: str) -> pd.Series:
         m = stamp.dt.month.astype("Int64").astype(str)
         d = stamp.dt.day.astype("Int64").astype(str)
         text = y + "/" + m + "/" + d if style == "slash" else y + "年" + m + "月" + d + "日"
-    return text.where(values.notna(), "")
+    return text.where(stamp.notna(), "")
 
 
 def _styled(values: pd.Series, mapping: dict) -> pd.Series:
@@ -240,11 +241,15 @@ class TruthWriter:
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self._file = gzip.open(path, "wt", encoding="utf-8", newline="")  # noqa: SIM115 (closed by close())
+        # No file name and no time in the gzip header: the same seed gives the same bytes.
+        self._raw = open(path, "wb")  # noqa: SIM115 (closed by close())
+        self._gzip = gzip.GzipFile(filename="", mode="wb", fileobj=self._raw, mtime=0)
+        self._file = io.TextIOWrapper(self._gzip, encoding="utf-8", newline="")
         self._file.write(",".join(TRUTH_COLUMNS) + "\n")
 
     def add(self, cohort: SiteCohort) -> None:
         truth_frame(cohort).to_csv(self._file, index=False, header=False, lineterminator="\n")
 
     def close(self) -> None:
-        self._file.close()
+        self._file.close()  # closes the gzip stream, which leaves fileobj open
+        self._raw.close()

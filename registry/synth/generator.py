@@ -23,6 +23,19 @@ FIRST_DIAGNOSIS = (dt.date(2019, 1, 1) - EPOCH).days
 LAST_DIAGNOSIS = (dt.date(2026, 3, 31) - EPOCH).days
 CENSOR = (dt.date(2026, 9, 30) - EPOCH).days  # data cut-off: nothing is dated after it
 
+
+def epoch_dates(days: pd.Series | np.ndarray) -> pd.Series:
+    """Whole days since EPOCH (missing: NaN) as datetimes (missing: NaT), on the same index.
+
+    Never floats with NaN through pd.to_datetime(unit=...): pandas before 3.0 leaves the
+    missing slots uninitialised there and rounds them under errstate(over="raise"), so it
+    raises FloatingPointError at random (pandas-dev/pandas#58419)."""
+    values = pd.Series(days, dtype="float64")
+    whole = values.fillna(0).round().astype("int64").to_numpy()
+    stamps = pd.Series(np.datetime64(EPOCH, "D") + whole.astype("timedelta64[D]"),
+                       index=values.index)
+    return stamps.where(values.notna())
+
 TIERS = ["tertiary", "secondary", "other"]
 DATE_STYLES = ["iso", "slash", "dot", "compact", "chinese"]
 ENCODINGS = ["utf-8", "utf-8", "utf-8", "utf-8-sig", "gb18030"]

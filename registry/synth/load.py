@@ -38,7 +38,7 @@ from registry.models import (
 from registry.pseudonyms import hospital_number_hash
 from registry.services.organisation import department_get_or_create, site_upsert
 from registry.services.terminology import normalise_for_domain
-from registry.synth.generator import CENSOR, EPOCH, SiteCohort, biomarkers_json
+from registry.synth.generator import CENSOR, SiteCohort, biomarkers_json, epoch_dates
 
 CLINICAL_MODELS: list[type[models.Model]] = [
     Patient,
@@ -65,16 +65,14 @@ class LoadStats:
 
 
 def _dates(days: pd.Series | np.ndarray) -> pd.Series:
-    values = pd.Series(days, dtype="float64")
-    out = pd.to_datetime(values, unit="D", origin=pd.Timestamp(EPOCH)).dt.strftime("%Y-%m-%d")
-    return out.where(values.notna(), None)
+    stamps = epoch_dates(days)
+    return stamps.dt.strftime("%Y-%m-%d").where(stamps.notna(), None)
 
 
 def _stamps(days: pd.Series | np.ndarray) -> pd.Series:
     """A record's entry time: two days after its clinical date, 10:00 in China (02:00 UTC)."""
     values = np.minimum(pd.Series(days, dtype="float64").to_numpy() + 2, CENSOR + 30)
-    stamp = pd.to_datetime(values, unit="D", origin=pd.Timestamp(EPOCH))
-    return pd.Series(stamp.strftime("%Y-%m-%d 02:00:00+00:00"))
+    return epoch_dates(values).dt.strftime("%Y-%m-%d 02:00:00+00:00")
 
 
 def _status(diag_days: np.ndarray) -> np.ndarray:

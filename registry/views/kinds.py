@@ -50,8 +50,9 @@ class Kind:
 def _save_diagnosis(patient, d, instance, version, reason, user):
     return clinical.diagnosis_record(
         patient=patient, diagnosis_date=d["diagnosis_date"], cancer=d["cancer"],
-        stage_system=d["stage_system"], stage_group=d["stage_group"], t=d["t"], n=d["n"],
-        m=d["m"], ecog=d["ecog"], biomarkers=parse_biomarkers(d["biomarkers"]),
+        morphology=d["morphology"], stage_system=d["stage_system"],
+        stage_group=d["stage_group"], t=d["t"], n=d["n"], m=d["m"], ecog=d["ecog"],
+        biomarkers=parse_biomarkers(d["biomarkers"]),
         instance=instance, expected_version=version, change_reason=reason, acting_user=user)
 
 
@@ -116,6 +117,7 @@ def _prepare_optional_cycle(form, patient):
 KINDS: dict[str, Kind] = {k.name: k for k in [
     Kind("diagnosis", _("Diagnosis"), Diagnosis, f.DiagnosisForm, _save_diagnosis,
          lambda r: {"diagnosis_date": r.diagnosis_date, "cancer": r.cancer_term.text,
+                    "morphology": r.morphology_term.text if r.morphology_term else "",
                     "stage_system": r.stage_system, "stage_group": r.stage_group, "t": r.t,
                     "n": r.n, "m": r.m, "ecog": r.ecog,
                     "biomarkers": format_biomarkers(r.biomarkers)}),

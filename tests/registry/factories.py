@@ -45,10 +45,11 @@ def full_record(site: Site, user) -> Patient:
         vital_status="alive", acting_user=user)
     workflow.query_open(followup, field="ecog", text="ECOG missing?", acting_user=user,
                         automatic=True)
-    # An unmapped local word, then mapped by hand: a TermMapping row of this site.
+    # An unmapped local word, then mapped from the site's mapping file (an unattended job: a
+    # clerk may not decide a word's meaning): a TermMapping row of this site.
     term = site_term_get_or_create(site=site, domain="drug", text="力比泰注射液", acting_user=user)
     mapping_approve(site_term=term, concept=Concept.objects.get(code="L01BA04"),
-                    acting_user=user)
+                    acting_user=None, method="file", reason="site mapping file")
     audited_save(ImportBatch(site=site, uploaded_by=user, source_name="extract.zip"),
                  acting_user=user, reason="extract received")
     return p

@@ -110,7 +110,7 @@ def test_reimport_changes_nothing_and_a_correction_updates_one_row(tmp_path, sit
     assert nausea.history.first().history_change_reason.startswith(f"import {fix.pk}")
 
 
-def test_unmapped_words_stop_the_import_until_mapped(tmp_path, site_a, alice, capsys):
+def test_unmapped_words_stop_the_import_until_mapped(tmp_path, site_a, alice, mona, capsys):
     folder = write(tmp_path / "x", dict(GOOD, **{"drugs.csv": DRUGS.replace("DDP", "本院化疗药A")}))
     with pytest.raises(SystemExit) as exit_:
         call_command("import_extract", str(folder), "--site", "SITE-A")
@@ -122,7 +122,8 @@ def test_unmapped_words_stop_the_import_until_mapped(tmp_path, site_a, alice, ca
     mapping_file = tmp_path / "map.csv"
     mapping_file.write_text("domain,local_term,vocabulary,code\ndrug,本院化疗药A,ATC,L01XA02\n",
                             encoding="utf-8")
-    mappings_import(site=site_a, path=mapping_file, acting_user=alice)
+    # A mapping file decides what words mean: the site's monitor loads it, not a clerk.
+    mappings_import(site=site_a, path=mapping_file, acting_user=mona)
     call_command("import_extract", "--resume", str(batch.pk))
     batch.refresh_from_db()
     assert batch.status == ImportBatch.Status.IMPORTED
@@ -387,7 +388,7 @@ def test_upload_page_imports_and_shows_progress(client, tmp_path, settings, site
     assert refused.status_code == 200 and ImportBatch.objects.count() == 1
 
 
-def test_upload_errors_and_resume(client, tmp_path, settings, site_a, alice,
+def test_upload_errors_and_resume(client, tmp_path, settings, site_a, alice, mona,
                                   django_capture_on_commit_callbacks):
     settings.IMPORT_UPLOAD_DIR = tmp_path / "uploads"
     archive = _zip(tmp_path / "x.zip", dict(GOOD, **{"drugs.csv": DRUGS.replace("DDP", "自拟药")}))
@@ -400,7 +401,8 @@ def test_upload_errors_and_resume(client, tmp_path, settings, site_a, alice,
     mapping_file = tmp_path / "m.csv"
     mapping_file.write_text("domain,local_term,vocabulary,code\ndrug,自拟药,ATC,L01CB01\n",
                             encoding="utf-8")
-    mappings_import(site=site_a, path=mapping_file, acting_user=alice)
+    # A mapping file decides what words mean: the site's monitor loads it, not a clerk.
+    mappings_import(site=site_a, path=mapping_file, acting_user=mona)
     with django_capture_on_commit_callbacks(execute=True):
         client.post(f"/imports/{batch.pk}/resume")
     batch.refresh_from_db()

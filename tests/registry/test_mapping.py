@@ -12,6 +12,7 @@ from registry.models import (
     DrugAdministration,
     LabResult,
     MappingStatus,
+    Role,
     SiteTerm,
     TermMapping,
 )
@@ -23,6 +24,7 @@ from registry.services.mapping import (
     term_mark_unmappable,
     term_resolve,
 )
+from registry.services.organisation import user_add
 from tests.registry import factories
 
 pytestmark = pytest.mark.usefixtures("vocabulary")
@@ -48,7 +50,9 @@ def test_suggestions_rank_cisplatin_first(word, method):
 def test_what_other_sites_approved_is_learned(site_a, site_b, alice, bob):
     term_b, _ = term_resolve(site=site_b, domain="drug", text="本院顺铂针", acting_user=bob)
     assert not term_b.mappings.filter(status="approved").exists()  # no exact match: review
-    mapping_approve(site_term=term_b, concept=concept("L01XA01"), acting_user=bob)
+    monitor_b = user_add(username="mo_b", role=Role.MONITOR, site_codes=[site_b.code],
+                         acting_user=None)[0]
+    mapping_approve(site_term=term_b, concept=concept("L01XA01"), acting_user=monitor_b)
     learned = suggest("drug", "本院顺铂针", site=site_a)[0]
     assert (learned.code, learned.method) == ("L01XA01", "learned")
     # One other site's approval scores 0.92; a site whose policy accepts that approves the
@@ -151,7 +155,7 @@ def test_load_vocabulary_is_idempotent(tmp_path):
     assert suggest("drug", "顺铂注射液")[0].code == "L01XA01"
 
 
-def test_mapping_files_in_and_out(tmp_path, site_a, alice, capsys):
+def test_mapping_files_in_and_out(tmp_path, site_a, alice, mona, capsys):
     ours = tmp_path / "map.csv"
     ours.write_text("domain,local_term,vocabulary,code\ndrug,顺铂(齐鲁),ATC,L01XA01\n"
                     "unit,个/立方毫米,UCUM,/mm3\nadverse_event,粒缺,CTCAE,"
@@ -184,7 +188,7 @@ def test_mapping_files_in_and_out(tmp_path, site_a, alice, capsys):
     capsys.readouterr()
     term, _ = term_resolve(site=site_a, domain="drug", text="=cmd|' /C calc'!A0",
                            acting_user=alice)
-    mapping_approve(site_term=term, concept=concept("L01CB01"), acting_user=alice)
+    mapping_approve(site_term=term, concept=concept("L01CB01"), acting_user=mona)
     call_command("export_mappings", "--site", "SITE-A")
     out = capsys.readouterr().out
     lines = out.splitlines()

@@ -21,7 +21,7 @@ from registry.models import AdverseEvent, Cycle, LabResult, Patient, SiteTerm
 from registry.services import clinical
 from registry.services.clinical import followup_summary_refresh
 from registry.synth import generator as g
-from registry.synth.extracts import site_frames
+from registry.synth.extracts import format_dates, site_frames
 from registry.synth.generator import EPOCH
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -223,6 +223,55 @@ def test_extracts_are_written_without_touching_the_database(tmp_path, db):
                      "--as-extracts", str(tmp_path / "out"))
 
 
+def _tree_bytes(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_same_seed_writes_byte_identical_extracts_and_truth(tmp_path, db):
+    for run in ("first", "again"):
+        call_command("seed_demo", "--patients", "300", "--sites", "3", "--seed", "11",
+                     "--as-extracts", str(tmp_path / run))
+    first, again = _tree_bytes(tmp_path / "first"), _tree_bytes(tmp_path / "again")
+    assert "truth.csv.gz" in first and len(first) == 3 * 8 + 1
+    assert first.keys() == again.keys()
+    assert [name for name in first if first[name] != again[name]] == []
+    # The gzip header holds neither a time nor the file name.
+    assert first["truth.csv.gz"][4:8] == b"\0\0\0\0"
+    assert first["truth.csv.gz"][3] & 0x08 == 0
+
+
+@pytest.mark.parametrize("size", [10, 100, 1000, 20_000])
+def test_missing_dates_format_whatever_memory_held_before(size):
+    # pandas < 3 leaves the missing slots of a float to_datetime(unit=) uninitialised and
+    # rounds them under errstate(over="raise"): freed huge floats made seed_demo
+    # --as-extracts crash at random with FloatingPointError.
+    days = pd.Series([np.nan] * size)
+    days.iloc[0] = 19_000.0
+    for _ in range(5):
+        junk = [np.full(size, 1e308) for _ in range(8)]
+        del junk
+        for style in ("iso", "dot", "compact", "slash", "zh"):
+            text = format_dates(days, style)
+            assert (text.iloc[1:] == "").all()
+    assert format_dates(days, "iso").iloc[0] == "2022-01-08"
+    assert format_dates(days, "zh").iloc[0] == "2022年1月8日"
+
+
+@pytest.mark.parametrize("size", [10, 1000])
+def test_the_loader_reads_missing_dates_whatever_memory_held_before(size):
+    from registry.synth.load import _dates
+
+    days = pd.Series([np.nan] * size, index=range(3, size + 3))
+    days.iloc[-1] = 0.0
+    for _ in range(5):
+        junk = [np.full(size, 1e308) for _ in range(8)]
+        del junk
+        stored = _dates(days)
+        assert list(stored.index) == list(days.index)
+        assert stored.iloc[:-1].isna().all() and stored.iloc[-1] == "1970-01-01"
+
+
 def test_extract_files_follow_the_format_columns():
     (site_cohort,) = cohort(patients=50, sites=1, seed=8)
     frames = site_frames(site_cohort)
@@ -237,7 +286,7 @@ def _benchmark(name: str, patients: int) -> dict[str, dict]:
     """Run `benchmark NAME --json` in a scratch database; its figures by name."""
     env_db = connection.settings_dict
     url = (f"postgres://{env_db['USER']}@{env_db['HOST'] or '127.0.0.1'}:{env_db['PORT'] or 5432}"
-           f"/registry_benchcheck")
+           f"/{env_db['NAME']}_benchcheck")  # beside this run's test database, no one else's
     result = subprocess.run(
         [sys.executable, "manage.py", "benchmark", name, "--patients", str(patients), "--json"],
         cwd=ROOT, capture_output=True, text=True, timeout=300,
@@ -262,6 +311,15 @@ def test_benchmark_seed_reports_ours_and_the_copy_baseline():
 def test_benchmark_import_reports_both_copy_baselines_and_the_clerk_extract():
     figures = _benchmark("import", 150)
     whole = figures["import"]
+    # Uploaded by a clerk of the site, as on the web; rows counted as the seed counts them:
+    # each clinical row and its history row (the site's words came with its mapping file).
+    assert whole["acting_user_role"] == "clerk"
+    assert whole["rows"] == 2 * whole["clinical_rows"]
+    seed = _benchmark("seed", 150)["seed"]
+    (spec,) = g.plan_sites(n_sites=1, n_patients=150, seed=42)
+    site_cohort = g.generate_site(spec)
+    assert whole["clinical_rows"] == sum(site_cohort.row_counts().values())
+    assert seed["rows"] == whole["rows"] + len(site_cohort.terms)
     assert whole["rows"] > 5000 and whole["baseline"] == "postgres_copy_foreign_keys_checked"
     assert whole["ratio"] == pytest.approx(whole["ours_s"] / whole["baseline_s"], rel=0.01)
     assert whole["copy_foreign_keys_suspended_s"] > 0
