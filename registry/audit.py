@@ -47,6 +47,11 @@ def version_bump(obj: Model) -> int:
     return obj.version
 
 
+# The same step for a set of rows in SQL (the target table aliased `t`), used by set-based
+# writers: one change, one more version.
+VERSION_BUMP_SQL = "version = t.version + 1"
+
+
 def history_user(acting_user: User | None) -> User:
     """Who a history row names: the acting user, else the system account."""
     return acting_user if acting_user is not None else system_user()
@@ -239,7 +244,7 @@ def update_audited(
     reason and the time of the statement (as `timezone.now()`, not the transaction's start).
     Auto-updated timestamps take the same time, as save() sets them.
 
-    `assignments` is the SET list (e.g. "drug_id = %s, version = t.version + 1"),
+    `assignments` is the SET list (e.g. "drug_id = %s, " + VERSION_BUMP_SQL),
     `from_sql` an optional FROM clause and `where` the condition, each with its own
     parameters. Returns the number of rows changed. PostgreSQL only (a data-modifying WITH)."""
     from django.db import connection

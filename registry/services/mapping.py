@@ -18,7 +18,13 @@ from django.db.models import Count, Max, Min, Q
 from django.utils import timezone
 from rapidfuzz import fuzz, process
 
-from registry.audit import audited_save, bulk_update_audited, update_audited, version_bump
+from registry.audit import (
+    VERSION_BUMP_SQL,
+    audited_save,
+    bulk_update_audited,
+    update_audited,
+    version_bump,
+)
 from registry.errors import ValidationFailed
 from registry.models import (
     AdverseEvent,
@@ -441,7 +447,7 @@ def _recode_in_sets(model: type[models.Model], term_field: str, concept_field: s
     if low is None:
         return 0
     concept_id = concept.pk if concept else None
-    assignments = f"{concept_column} = %s, version = t.version + 1"
+    assignments = f"{concept_column} = %s, {VERSION_BUMP_SQL}"
     from_sql, from_params = "", []
     join = ""
     if model is LabResult:
