@@ -101,8 +101,7 @@ class CycleForm(EditMixin):
     length_days = forms.IntegerField(label=_("Cycle length (days)"), required=False,
                                      min_value=1, max_value=L.CYCLE_LENGTH_DAYS_MAX)
     bsa_m2 = forms.DecimalField(label=_("Body surface area (m²)"), required=False,
-                                max_digits=L.BSA_MAX_DIGITS, decimal_places=L.BSA_DECIMAL_PLACES,
-                                min_value=L.BSA_MIN, max_value=L.BSA_MAX)
+                                max_digits=L.BSA_MAX_DIGITS, decimal_places=L.BSA_DECIMAL_PLACES)
 
 
 class DrugForm(EditMixin):

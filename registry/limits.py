@@ -52,11 +52,9 @@ LANGUAGE_CODE_MAX_LENGTH = 8
 # A dose per administration: up to 9,999,999.999 in its unit.
 DOSE_MAX_DIGITS = 10
 DOSE_DECIMAL_PLACES = 3
-# Body surface area in m²: the column holds 0.00-99.99; the plausible range is narrower.
+# Body surface area in m²: the column holds 0.00-99.99; what is plausible is the rulebook's.
 BSA_MAX_DIGITS = 4
 BSA_DECIMAL_PLACES = 2
-BSA_MIN = Decimal("0.5")
-BSA_MAX = Decimal("3.5")
 BIRTH_YEAR_MIN = 1900
 BIRTH_YEAR_MAX = 2100  # the column's check; the service also refuses years after this one
 ECOG_MIN, ECOG_MAX = 0, 4
