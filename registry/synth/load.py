@@ -20,6 +20,7 @@ from django.db import connection, models, transaction
 
 from registry.audit import bulk_create_audited, history_columns, history_user
 from registry.errors import ValidationFailed
+from registry.kinds import CLINICAL_MODELS
 from registry.models import (
     AdverseEvent,
     Concept,
@@ -39,17 +40,6 @@ from registry.pseudonyms import hospital_number_hash
 from registry.services.organisation import department_get_or_create, site_upsert
 from registry.services.terminology import normalise_for_domain
 from registry.synth.generator import CENSOR, SiteCohort, biomarkers_json, epoch_dates
-
-CLINICAL_MODELS: list[type[models.Model]] = [
-    Patient,
-    Diagnosis,
-    TreatmentLine,
-    Cycle,
-    DrugAdministration,
-    AdverseEvent,
-    LabResult,
-    FollowUp,
-]
 
 
 @dataclass
