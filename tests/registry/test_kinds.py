@@ -14,8 +14,8 @@ from registry import access, extracts, kinds, rules
 from registry.models import Concept, SiteTerm
 from registry.selectors.bulk import KIND_MODELS
 from registry.services import imports, mapping, terminology, workflow
-from registry.synth.generator import generate_site, plan_sites
 from registry.synth.extracts import site_frames
+from registry.synth.generator import generate_site, plan_sites
 from registry.views.kinds import KINDS as FORM_KINDS
 
 CATALOGUE = list(kinds.KINDS.values())
@@ -76,8 +76,8 @@ def test_extract_key_and_required_columns(kind):
 
 def test_derived_lists_follow_the_catalogue():
     assert list(extracts.FILES) == [k.extract_file for k in CATALOGUE]
-    assert workflow.RECORD_MODELS == {k.name: k.model for k in CATALOGUE}
-    assert KIND_MODELS == {k.name: k.model for k in CATALOGUE}
+    assert {k.name: k.model for k in CATALOGUE} == workflow.RECORD_MODELS
+    assert {k.name: k.model for k in CATALOGUE} == KIND_MODELS
     assert set(kinds.CLINICAL_MODELS) <= set(access.SITE_OWNED_MODELS)
     assert set(imports.RULE_KINDS.values()) == {k.name for k in kinds.RECORD_KINDS}
     uses = {(m, t) for domain_uses in mapping.USES.values() for m, t, _ in domain_uses}
