@@ -13,6 +13,7 @@ from django.contrib.auth.models import AnonymousUser, User
 from django.db.models import Model, Q, QuerySet
 from django.http import Http404
 
+from registry.kinds import CLINICAL_MODELS
 from registry.models import (
     AdverseEvent,
     Cycle,
@@ -33,19 +34,7 @@ from registry.models import (
 )
 
 # Models that carry their site directly; anything else is reached through one of these.
-SITE_OWNED_MODELS: tuple[type[Model], ...] = (
-    Patient,
-    Diagnosis,
-    TreatmentLine,
-    Cycle,
-    DrugAdministration,
-    AdverseEvent,
-    LabResult,
-    FollowUp,
-    SiteTerm,
-    DataQuery,
-    ImportBatch,
-)
+SITE_OWNED_MODELS: tuple[type[Model], ...] = (*CLINICAL_MODELS, SiteTerm, DataQuery, ImportBatch)
 
 AnyUser = User | AnonymousUser
 

@@ -119,18 +119,54 @@ def history_columns(model: type[Model]) -> list[str]:
     return [f.column for f in model._meta.concrete_fields if f.column in recorded]
 
 
+def ids_reserve(model: type[Model], n: int) -> np.ndarray:
+    """`n` new ids for `model`'s table from its sequence (PostgreSQL's serial sequence, SQLite's
+    AUTOINCREMENT counter), so concurrent writers never collide and a frame's children can name
+    their parents before anything is written."""
+    from django.db import connection
+
+    if n == 0:
+        return np.empty(0, dtype=np.int64)
+    table = model._meta.db_table
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute(
+                f"SELECT nextval(pg_get_serial_sequence('{table}', 'id')) "  # noqa: S608
+                "FROM generate_series(1, %s)", [n])
+            return np.fromiter((row[0] for row in cursor.fetchall()), dtype=np.int64, count=n)
+        # SQLite: Django's tables use AUTOINCREMENT, whose counter lives in sqlite_sequence.
+        cursor.execute(f"SELECT COALESCE(MAX(id), 0) FROM {table}")  # noqa: S608
+        highest = cursor.fetchone()[0]
+        cursor.execute("SELECT seq FROM sqlite_sequence WHERE name = %s", [table])
+        row = cursor.fetchone()
+        first = max(highest, row[0] if row else 0) + 1
+        if row:
+            cursor.execute("UPDATE sqlite_sequence SET seq = %s WHERE name = %s",
+                           [first + n - 1, table])
+        else:
+            cursor.execute("INSERT INTO sqlite_sequence (name, seq) VALUES (%s, %s)",
+                           [table, first + n - 1])
+        return np.arange(first, first + n, dtype=np.int64)
+
+
 def copy_frame_audited(
     model: type[Model],
     frame: pd.DataFrame,
     *,
     acting_user: User | None,
     reason: str,
+    recorded_at: pd.Series | None = None,
 ) -> list[int]:
-    """Insert new rows given as a frame of {attname: column} with PostgreSQL COPY, ids taken
-    from the table's sequence (so concurrent writers never collide), and COPY their history
-    rows from the same values, in the caller's transaction. Fields not given take their
-    defaults; timestamps are now. Returns the new ids in frame order. Elsewhere than
-    PostgreSQL, `bulk_create_audited`."""
+    """The bulk writer: insert new rows given as a frame of {attname: column}, with their
+    history rows from the same values, in the caller's transaction. Every path that writes
+    clinical rows in bulk (the import, the cohort loader, automatic queries) comes through here.
+
+    Ids are the frame's `id` column if it has one (reserved with `ids_reserve`), else taken
+    from the table's sequence. Fields not given take their defaults. The time the rows were
+    recorded (auto timestamps and the history rows' date) is now, or `recorded_at` per row for
+    records loaded with their original entry time. On PostgreSQL both tables are filled by
+    COPY; elsewhere (the embedded SQLite demo) by executemany. Returns the ids in frame order.
+    """
     from django.db import connection
     from django.utils import timezone
 
@@ -138,48 +174,73 @@ def copy_frame_audited(
     if frame.empty:
         return []
     acting_user = history_user(acting_user)
-    if connection.vendor != "postgresql":
-        rows = frame.astype(object).where(frame.notna(), None).to_dict("records")
-        objs = [model(**row) for row in rows]
-        bulk_create_audited(model, objs, acting_user=acting_user, reason=reason)
-        return [obj.pk for obj in objs]
     table = model._meta.db_table
-    now = timezone.now()
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"SELECT nextval(pg_get_serial_sequence('{table}', 'id')) "  # noqa: S608
-            "FROM generate_series(1, %s)", [len(frame)])
-        ids = [row[0] for row in cursor.fetchall()]
+    n = len(frame)
     pk = model._meta.pk.attname
+    ids = (frame[pk].to_numpy(dtype=np.int64) if pk in frame else ids_reserve(model, n))
+    if recorded_at is None:
+        stamps = pd.Series(timezone.now(), index=frame.index)
+    else:
+        stamps = pd.Series(pd.to_datetime(recorded_at, utc=True).to_numpy(), index=frame.index)
     columns = {}
     for f in model._meta.concrete_fields:
         if f.attname == pk:
             values = pd.Series(ids, index=frame.index)
         elif getattr(f, "auto_now", False) or getattr(f, "auto_now_add", False):
-            values = pd.Series(now, index=frame.index)
+            values = stamps
         elif f.attname in frame:
             values = frame[f.attname]
         elif callable(f.default):  # e.g. a fresh registry id per row
-            values = pd.Series([f.get_default() for _ in range(len(frame))], index=frame.index,
+            values = pd.Series([f.get_default() for _ in range(n)], index=frame.index,
                                dtype=object)
         else:
-            values = pd.Series([f.get_default()] * len(frame), index=frame.index, dtype=object)
+            values = pd.Series([f.get_default()] * n, index=frame.index, dtype=object)
         if f.get_internal_type() == "JSONField":
             values = values.map(lambda v: None if v is None else json.dumps(v, ensure_ascii=False))
         elif isinstance(f, IntegerField | ForeignKey) and values.dtype != "Int64":
             values = values.astype(object).where(values.notna(), None).astype("Int64")
         columns[f.column] = values
-    # Each column turned to COPY text once, for the table and its history rows alike.
-    text = {column: copy_text(values) for column, values in columns.items()}
-    _copy(table, text)
-    n = len(frame)
-    _copy(model.history.model._meta.db_table, {
-        **{column: text[column] for column in history_columns(model)},
-        "history_date": [now.isoformat(sep=" ")] * n,
-        "history_change_reason": [reason.translate(_ESCAPES)] * n,
-        "history_type": ["+"] * n,
-        "history_user_id": [str(acting_user.pk)] * n})
-    return ids
+    history = {
+        "history_date": stamps,
+        "history_change_reason": pd.Series(reason, index=frame.index),
+        "history_type": pd.Series("+", index=frame.index),
+        "history_user_id": pd.Series(acting_user.pk, index=frame.index)}
+    recorded = history_columns(model)
+    if connection.vendor == "postgresql":
+        # Each column turned to COPY text once, for the table and its history rows alike.
+        text = {column: copy_text(values) for column, values in columns.items()}
+        _copy(table, text)
+        _copy(model.history.model._meta.db_table, {
+            **{column: text[column] for column in recorded},
+            **{column: copy_text(values) for column, values in history.items()}})
+    else:
+        _insert(table, columns)
+        _insert(model.history.model._meta.db_table,
+                {**{column: columns[column] for column in recorded}, **history})
+    return ids.tolist()
+
+
+def _insert(table: str, columns: dict[str, pd.Series]) -> None:
+    """executemany of columns, each value as the database driver takes it (the SQLite path)."""
+    from django.db import connection
+
+    def plain(value):
+        if value is None or (not isinstance(value, list | dict) and pd.isna(value)):
+            return None
+        if isinstance(value, dt.datetime):  # Django keeps SQLite's times as naive UTC text
+            if value.tzinfo is not None:
+                value = value.astimezone(dt.UTC).replace(tzinfo=None)
+            return value.isoformat(sep=" ")
+        if isinstance(value, np.generic):
+            return value.item()
+        return value
+
+    rows = zip(*(map(plain, values.tolist()) for values in columns.values()), strict=True)
+    placeholders = ", ".join(["%s"] * len(columns))
+    with connection.cursor() as cursor:
+        cursor.executemany(
+            f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({placeholders})",  # noqa: S608
+            list(rows))
 
 
 def _copy(table: str, columns: dict[str, list[str]]) -> None:

@@ -8,9 +8,10 @@ from pathlib import Path
 from django.db import connection, transaction
 
 from registry.benchmarking import Figure, Stopwatch, benchmark, peak_rss_mib, scratch_database
+from registry.kinds import CLINICAL_MODELS
 from registry.models import SiteTerm
 from registry.services.terminology import starter_vocabulary_load
-from registry.synth.load import CLINICAL_MODELS, foreign_keys_restore, foreign_keys_suspend
+from registry.synth.load import foreign_keys_restore, foreign_keys_suspend
 from registry.synth.run import seed
 
 

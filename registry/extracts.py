@@ -21,60 +21,19 @@ import numpy as np
 import pandas as pd
 from django.conf import settings
 
+from registry.kinds import KINDS, Column
+
 NUMBER = r"[-+]?\d+(?:\.\d+)?"
 
 
-@dataclass(frozen=True)
-class Column:
-    name: str
-    required: bool = False
-    kind: str = "text"
-
-
-FILES: dict[str, list[Column]] = {
-    "patients": [Column("patient_no", True), Column("sex", True, "sex"),
-                 Column("birth_date", kind="date"), Column("birth_year", kind="year"),
-                 Column("department"), Column("consent_scope", kind="consent"),
-                 Column("consent_date", kind="date"), Column("withdrawn_date", kind="date")],
-    "diagnoses": [Column("patient_no", True), Column("diagnosis_date", True, "date"),
-                  Column("cancer", True), Column("morphology"), Column("stage_system"),
-                  Column("stage_group"), Column("t"), Column("n"), Column("m"),
-                  Column("ecog", kind="ecog"), Column("biomarkers")],
-    "regimens": [Column("patient_no", True), Column("line_no", True, "count"),
-                 Column("regimen"), Column("intent", kind="intent"),
-                 Column("start_date", True, "date"), Column("end_date", kind="date")],
-    "cycles": [Column("patient_no", True), Column("line_no", True, "count"),
-               Column("cycle_no", True, "count"), Column("start_date", True, "date"),
-               Column("length_days", kind="count"), Column("bsa_m2", kind="positive")],
-    "drugs": [Column("patient_no", True), Column("line_no", True, "count"),
-              Column("cycle_no", True, "count"), Column("day", kind="count"),
-              Column("drug", True), Column("dose", kind="positive"),
-              Column("dose_unit", kind="dose_unit"), Column("route", kind="route"),
-              Column("purpose", kind="purpose")],
-    "adverse_events": [Column("patient_no", True), Column("term", True),
-                       Column("grade", True, "grade"), Column("onset_date", True, "date"),
-                       Column("resolved_date", kind="date"), Column("serious", kind="yesno"),
-                       Column("line_no", kind="count"), Column("cycle_no", kind="count")],
-    "labs": [Column("patient_no", True), Column("collected_date", True, "date"),
-             Column("test", True), Column("value", True, "lab_value"), Column("unit"),
-             Column("line_no", kind="count"), Column("cycle_no", kind="count")],
-    "followups": [Column("patient_no", True), Column("followup_date", True, "date"),
-                  Column("vital_status", True, "vital"), Column("progression", kind="yesno"),
-                  Column("progression_date", kind="date"), Column("ecog", kind="ecog"),
-                  Column("cause_of_death")],
-}
-NATURAL_KEYS = {
-    "patients": ["patient_no"], "diagnoses": ["patient_no", "diagnosis_date", "cancer"],
-    "regimens": ["patient_no", "line_no"], "cycles": ["patient_no", "line_no", "cycle_no"],
-    "drugs": ["patient_no", "line_no", "cycle_no", "day", "drug"],
-    "adverse_events": ["patient_no", "term", "onset_date"],
-    "labs": ["patient_no", "test", "collected_date"],
-    "followups": ["patient_no", "followup_date"],
-}
-WORDS = {("diagnoses", "cancer"): "condition", ("diagnoses", "morphology"): "morphology",
-         ("regimens", "regimen"): "regimen", ("drugs", "drug"): "drug",
-         ("adverse_events", "term"): "adverse_event", ("labs", "test"): "lab",
-         ("labs", "unit"): "unit"}
+# The files of an extract, their columns, the columns that identify a row and the columns
+# holding a site's coded words: all from the catalogue of record kinds.
+FILES: dict[str, list[Column]] = {k.extract_file: list(k.extract_columns)
+                                  for k in KINDS.values()}
+NATURAL_KEYS: dict[str, list[str]] = {k.extract_file: list(k.extract_key)
+                                      for k in KINDS.values()}
+WORDS: dict[tuple[str, str], str] = {(k.extract_file, w.column): w.domain.value
+                                     for k in KINDS.values() for w in k.words}
 
 CHOICES = {
     "sex": {"m": "M", "f": "F", "男": "M", "女": "F", "male": "M", "female": "F"},
@@ -95,6 +54,9 @@ CHOICES = {
                "palliative": "palliative", "other": "other", "新辅助": "neoadjuvant",
                "辅助": "adjuvant", "根治": "curative", "姑息": "palliative"},
 }
+# How a cell may be read (a Column's kind): parse_column reads each.
+CELL_KINDS = frozenset({"text", "date", "grade", "lab_value", "count", "year", "ecog",
+                        "positive", *CHOICES})
 ROMAN = {"i": 1, "ii": 2, "iii": 3, "iv": 4, "v": 5, "vi": 6}
 DATE_FORMATS = ["%Y-%m-%d", "%Y/%m/%d", "%Y.%m.%d", "%Y%m%d", "%Y年%m月%d日"]
 
@@ -507,6 +469,8 @@ def parse_column(column: Column, values: pd.Series, today: pd.Timestamp
     if column.required:
         errors[empty] = f"{column.name} is required"
     kind = column.kind
+    if kind not in CELL_KINDS:
+        raise ValueError(f"Column {column.name} has no reader for cells of kind {kind!r}.")
     if kind == "text":
         return values, errors
     if kind == "date":

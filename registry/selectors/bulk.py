@@ -29,8 +29,8 @@ from django.contrib.auth.models import AnonymousUser, User
 from django.db import connection, models
 
 from registry import access
+from registry.kinds import KINDS
 from registry.models import Cycle, Diagnosis, FollowUp, Patient, TreatmentLine
-from registry.synth.load import CLINICAL_MODELS
 
 
 class _AllSites:
@@ -43,7 +43,7 @@ class _AllSites:
 ALL_SITES = _AllSites()
 
 # The record kinds the reader serves, by name (the model's name: "labresult", "cycle", ...).
-KIND_MODELS: dict[str, type[models.Model]] = {m._meta.model_name: m for m in CLINICAL_MODELS}
+KIND_MODELS: dict[str, type[models.Model]] = {k.name: k.model for k in KINDS.values()}
 
 _PATIENT_CONTEXT = ("ctx_birth_year", "ctx_first_diagnosis_date", "ctx_death_date")
 

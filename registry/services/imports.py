@@ -48,16 +48,14 @@ from registry.extracts import (
     read_file,
     upload_limit,
 )
+from registry.kinds import KINDS, PATIENT, RECORD_KINDS, RecordKind
 from registry.models import (
-    AdverseEvent,
     Concept,
     Cycle,
     Department,
     Diagnosis,
-    DrugAdministration,
     FollowUp,
     ImportBatch,
-    LabResult,
     MappingStatus,
     Patient,
     RecordStatus,
@@ -441,10 +439,8 @@ def _check(files: dict[str, ExtractFile], site: Site) -> tuple[list[Problem], di
     return problems, soft
 
 
-# The record kind (as the rulebook names it) of each extract file.
-RULE_KINDS = {"diagnoses": "diagnosis", "regimens": "treatmentline", "cycles": "cycle",
-              "drugs": "drugadministration", "adverse_events": "adverseevent",
-              "labs": "labresult", "followups": "followup"}
+# The record kind (as the rulebook names it) of each extract file of records about a patient.
+RULE_KINDS = {k.extract_file: k.name for k in RECORD_KINDS}
 
 
 def _normalised(extract: ExtractFile) -> pd.Series:
@@ -753,22 +749,19 @@ class _Writer:
     def write(self) -> dict:
         self.patient_of = self._patients()
         self.patient_ids = list(self.patient_of.values())
-        self._table(TreatmentLine, "regimens", ["patient_id", "line_no"], self._line_values)
-        self._table(Diagnosis, "diagnoses", ["patient_id", "diagnosis_date", "cancer_term_id"],
-                    self._diagnosis_values)
-        self.lines = {(p, n): i for p, n, i in self._stored(TreatmentLine).values_list(
-            "patient_id", "line_no", "id")}
-        self._table(Cycle, "cycles", ["patient_id", "line_id", "cycle_no"], self._cycle_values)
-        self.cycles = {(p, n, c): i for p, n, c, i in self._stored(Cycle).values_list(
-            "patient_id", "line__line_no", "cycle_no", "id")}
-        self._table(DrugAdministration, "drugs",
-                    ["patient_id", "cycle_id", "day", "drug_term_id"], self._drug_values)
-        self._table(AdverseEvent, "adverse_events", ["patient_id", "ae_term_id", "onset_date"],
-                    self._ae_values)
-        self._table(LabResult, "labs", ["patient_id", "test_term_id", "collected_date"],
-                    self._lab_values)
-        self._table(FollowUp, "followups", ["patient_id", "followup_date"],
-                    self._followup_values)
+        # Each kind's column values from its file (what differs between kinds is only this).
+        values_for = {"diagnosis": self._diagnosis_values, "treatmentline": self._line_values,
+                      "cycle": self._cycle_values, "drugadministration": self._drug_values,
+                      "adverseevent": self._ae_values, "labresult": self._lab_values,
+                      "followup": self._followup_values}
+        for kind in RECORD_KINDS:  # parents first
+            self._table(kind, values_for[kind.name])
+            if kind.name == "treatmentline":  # the cycles' parents, stored and new
+                self.lines = {(p, n): i for p, n, i in self._stored(TreatmentLine).values_list(
+                    "patient_id", "line_no", "id")}
+            elif kind.name == "cycle":  # the parents of drugs, events and labs
+                self.cycles = {(p, n, c): i for p, n, c, i in self._stored(Cycle).values_list(
+                    "patient_id", "line__line_no", "cycle_no", "id")}
         if "followups" in self.files:
             followup_summary_refresh(self.patient_ids)
         if self.problems:
@@ -831,9 +824,10 @@ class _Writer:
         return pd.Series([self.cycles[k] if k[1] is not None and k[2] is not None else None
                           for k in keys], index=parsed.index, dtype="Int64")
 
-    def _table(self, model, key: str, natural: list[str], values_for, stored=None) -> None:
-        """Write one file: new natural keys by COPY, matching stored rows compared and
+    def _table(self, kind: RecordKind, values_for: Callable, stored=None) -> None:
+        """Write one kind's file: new natural keys by COPY, matching stored rows compared and
         updated where they differ."""
+        model, key, natural = kind.model, kind.extract_file, list(kind.natural_key)
         if key not in self.files:
             return
         extract = self.files[key]
@@ -923,8 +917,7 @@ class _Writer:
                         Department(site=self.site, name=name), acting_user=self.user,
                         reason=self.reason).pk
             self.departments = departments
-            self._table(Patient, "patients", ["hospital_number_hash"], self._patient_values,
-                        stored=stored)
+            self._table(KINDS[PATIENT], self._patient_values, stored=stored)
             _pause_for_tests()
         else:
             self._count("patients", "created", 0)  # the report always lists patients
@@ -937,7 +930,7 @@ class _Writer:
         birth_year = birth_year.where(birth_year.notna(), birth_date.map(
             lambda d: d.year if d is not None and not pd.isna(d) else None))
         return pd.DataFrame({
-            "hospital_number_hash": raw["patient_no"].map(self.hashes),
+            "site_id": self.site.pk, "hospital_number_hash": raw["patient_no"].map(self.hashes),
             "sex": parsed["sex"], "birth_year": birth_year.astype("Int64"),
             "department_id": self._text(raw, "department").map(self.departments).astype("Int64"),
             "consent_scope": self._parsed(parsed, "consent_scope").fillna("academic")

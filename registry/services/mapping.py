@@ -26,20 +26,17 @@ from registry.audit import (
     version_bump,
 )
 from registry.errors import ValidationFailed
+from registry.kinds import word_uses
 from registry.models import (
-    AdverseEvent,
     Concept,
     ConceptSynonym,
-    Diagnosis,
     Domain,
-    DrugAdministration,
     LabResult,
     MappingStatus,
     RecordStatus,
     Site,
     SiteTerm,
     TermMapping,
-    TreatmentLine,
 )
 from registry.models.organisation import DATA_ENTRY_ROLES, REVIEW_ROLES
 from registry.services.organisation import require_site_role
@@ -59,16 +56,10 @@ FUZZY_CEILING = 0.9  # a fuzzy match never outranks an exact one
 LEARNED_BASE = 0.9
 AUTO_METHODS = {TermMapping.Method.EXACT, TermMapping.Method.SYNONYM, TermMapping.Method.LEARNED}
 
-# Where each domain's words are used: (model, term field, concept field).
+# Where each domain's words are used: (model, term field, concept field), from the catalogue.
 USES: dict[str, list[tuple[type[models.Model], str, str]]] = {
-    Domain.CONDITION: [(Diagnosis, "cancer_term", "cancer")],
-    Domain.MORPHOLOGY: [(Diagnosis, "morphology_term", "morphology")],
-    Domain.REGIMEN: [(TreatmentLine, "regimen_term", "regimen")],
-    Domain.DRUG: [(DrugAdministration, "drug_term", "drug")],
-    Domain.ADVERSE_EVENT: [(AdverseEvent, "ae_term", "ae")],
-    Domain.LAB: [(LabResult, "test_term", "lab")],
-    Domain.UNIT: [(LabResult, "unit_term", "unit")],
-}
+    domain: [(kind.model, word.term, word.concept) for kind, word in word_uses(domain)]
+    for domain in Domain}
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from django.db import connection, transaction
 
 from registry.audit import audited_save
 from registry.errors import ValidationFailed
+from registry.kinds import word_uses
 from registry.models import (
     Concept,
     ConceptSynonym,
@@ -170,15 +171,8 @@ def starter_vocabulary_load(*, acting_user: User | None = None, path: Path | Non
 
 
 # Which clinical columns point at a site term, per domain: the uses a term's frequency counts.
-TERM_USES = {
-    Domain.CONDITION: [("registry_diagnosis", "cancer_term_id")],
-    Domain.MORPHOLOGY: [("registry_diagnosis", "morphology_term_id")],
-    Domain.REGIMEN: [("registry_treatmentline", "regimen_term_id")],
-    Domain.DRUG: [("registry_drugadministration", "drug_term_id")],
-    Domain.ADVERSE_EVENT: [("registry_adverseevent", "ae_term_id")],
-    Domain.LAB: [("registry_labresult", "test_term_id")],
-    Domain.UNIT: [("registry_labresult", "unit_term_id")],
-}
+TERM_USES = {domain: [(kind.table, word.term_column) for kind, word in word_uses(domain)]
+             for domain in Domain}
 
 
 def site_term_frequencies_refresh(*, site_id: int) -> int:

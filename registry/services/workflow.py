@@ -15,33 +15,18 @@ from django.utils import timezone
 from registry import limits
 from registry.audit import audited_save, copy_frame_audited, version_bump
 from registry.errors import NotPermitted, StaleEdit, ValidationFailed
+from registry.kinds import KINDS
 from registry.models import (
-    AdverseEvent,
-    Cycle,
     DataQuery,
-    Diagnosis,
-    DrugAdministration,
-    FollowUp,
-    LabResult,
     Patient,
     RecordStatus,
-    TreatmentLine,
 )
 from registry.models.organisation import DATA_ENTRY_ROLES, REVIEW_ROLES
 from registry.services.mapping import record_recode
 from registry.services.organisation import require_site_role
 
 # The kinds of clinical record a clerk edits, by the short name used in URLs and queries.
-RECORD_MODELS: dict[str, type[models.Model]] = {
-    "patient": Patient,
-    "diagnosis": Diagnosis,
-    "treatmentline": TreatmentLine,
-    "cycle": Cycle,
-    "drugadministration": DrugAdministration,
-    "adverseevent": AdverseEvent,
-    "labresult": LabResult,
-    "followup": FollowUp,
-}
+RECORD_MODELS: dict[str, type[models.Model]] = {k.name: k.model for k in KINDS.values()}
 
 # Bookkeeping columns that are not part of what a person edits.
 _NOT_CONTENT = {"id", "version", "status", "created_at", "updated_at", "site",

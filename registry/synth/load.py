@@ -1,15 +1,16 @@
 """Write generated cohorts into the registry's tables, set-based.
 
-On PostgreSQL every table is filled with COPY and its history with one INSERT ... SELECT per
-table, all in one transaction: a failed run leaves nothing behind. On SQLite (the embedded
-demo) the same rows go in with executemany. Sites, departments, site terms and mappings are
-few and go through the ordinary audited services and bulk helpers.
+Each site's rows are checked by the rulebook (hard rules refuse the load, soft rules open data
+queries, as on an import) and written through the one bulk writer (registry.audit
+`copy_frame_audited`: COPY with their history rows on PostgreSQL, executemany on SQLite), with
+ids from the tables' sequences, all in one transaction: a failed run leaves nothing behind.
+Sites, departments, site terms and mappings are few and go through the ordinary audited
+services and bulk helpers.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import io
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -18,8 +19,9 @@ import pandas as pd
 from django.contrib.auth.models import User
 from django.db import connection, models, transaction
 
-from registry.audit import bulk_create_audited, history_columns, history_user
+from registry.audit import bulk_create_audited, copy_frame_audited, ids_reserve
 from registry.errors import ValidationFailed
+from registry.kinds import CLINICAL_MODELS, kind_of
 from registry.models import (
     AdverseEvent,
     Concept,
@@ -36,20 +38,11 @@ from registry.models import (
     TreatmentLine,
 )
 from registry.pseudonyms import hospital_number_hash
+from registry.rules import Severity, allowed_grades_text, evaluate, rules_for
 from registry.services.organisation import department_get_or_create, site_upsert
 from registry.services.terminology import normalise_for_domain
+from registry.services.workflow import queries_open_bulk
 from registry.synth.generator import CENSOR, SiteCohort, biomarkers_json, epoch_dates
-
-CLINICAL_MODELS: list[type[models.Model]] = [
-    Patient,
-    Diagnosis,
-    TreatmentLine,
-    Cycle,
-    DrugAdministration,
-    AdverseEvent,
-    LabResult,
-    FollowUp,
-]
 
 
 @dataclass
@@ -72,7 +65,7 @@ def _dates(days: pd.Series | np.ndarray) -> pd.Series:
 def _stamps(days: pd.Series | np.ndarray) -> pd.Series:
     """A record's entry time: two days after its clinical date, 10:00 in China (02:00 UTC)."""
     values = np.minimum(pd.Series(days, dtype="float64").to_numpy() + 2, CENSOR + 30)
-    return epoch_dates(values).dt.strftime("%Y-%m-%d 02:00:00+00:00")
+    return (epoch_dates(values) + pd.Timedelta(hours=2)).dt.tz_localize("UTC")
 
 
 def _status(diag_days: np.ndarray) -> np.ndarray:
@@ -97,8 +90,7 @@ class CohortWriter:
         self.progress = progress or (lambda message: None)
         self.stats = LoadStats()
         self.vendor = connection.vendor
-        self._next: dict[str, int] = {}
-        self._start: dict[str, int] = {}
+        self._staged: list[tuple[type[models.Model], pd.DataFrame]] = []
         self._concepts: dict[tuple[str, str], int] = {}
         self._foreign_keys: list[tuple[str, str, str]] = []
 
@@ -110,38 +102,11 @@ class CohortWriter:
         }
         if not self._concepts:
             raise ValidationFailed("Load the starter vocabulary first (load_starter_vocabulary).")
-        tables = [m._meta.db_table for m in CLINICAL_MODELS]
-        with connection.cursor() as cursor:
-            if self.vendor == "postgresql":
-                # Ids are assigned here, so no other writer may insert while we load.
-                # Ids are assigned here, so no other writer may insert while we load.
-                cursor.execute(f"LOCK TABLE {', '.join(tables)} IN ACCESS EXCLUSIVE MODE")
-                self._foreign_keys = foreign_keys_suspend(tables)
-            for table in tables:
-                cursor.execute(f"SELECT COALESCE(MAX(id), 0) FROM {table}")  # noqa: S608
-                self._start[table] = self._next[table] = cursor.fetchone()[0] + 1
+        if self.vendor == "postgresql":
+            self._foreign_keys = foreign_keys_suspend([m._meta.db_table for m in CLINICAL_MODELS])
 
     def finish(self) -> None:
-        """History rows for everything loaded, then the id sequences moved past our ids."""
-        user_id = history_user(self.acting_user).pk
-        with connection.cursor() as cursor:
-            for model in CLINICAL_MODELS:
-                table = model._meta.db_table
-                history = model.history.model._meta.db_table
-                cols = ", ".join(history_columns(model))
-                cursor.execute(
-                    f"INSERT INTO {history} ({cols}, history_date, history_change_reason, "  # noqa: S608
-                    f"history_type, history_user_id) SELECT {cols}, created_at, %s, '+', %s "
-                    f"FROM {table} WHERE id >= %s",
-                    [self.reason, user_id, self._start[table]],
-                )
-                self.stats.add(f"history:{table}", cursor.rowcount)
-                if self.vendor == "postgresql":
-                    cursor.execute(
-                        f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "  # noqa: S608
-                        f"GREATEST((SELECT MAX(id) FROM {table}), 1))"
-                    )
-
+        """Foreign keys back (validated over every loaded row at once), fresh statistics."""
         if self.vendor == "postgresql":
             foreign_keys_restore(self._foreign_keys)
             # Fresh statistics, or the planner scans millions of rows it thinks are not there.
@@ -151,10 +116,7 @@ class CohortWriter:
                     cursor.execute(f"ANALYZE {model._meta.db_table}")
 
     def _ids(self, model: type[models.Model], n: int) -> np.ndarray:
-        table = model._meta.db_table
-        first = self._next[table]
-        self._next[table] = first + n
-        return np.arange(first, first + n, dtype=np.int64)
+        return ids_reserve(model, n)
 
     # -- one site ------------------------------------------------------------------------------
 
@@ -418,6 +380,7 @@ class CohortWriter:
                 }
             ),
         )
+        self._check_and_write(site)
 
     def _terms(self, site, terms: pd.DataFrame) -> dict[str, dict[str, tuple[int, int]]]:
         """Site terms and their approved mappings (the generator knows each word's meaning)."""
@@ -470,19 +433,100 @@ class CohortWriter:
     # -- writing -------------------------------------------------------------------------------
 
     def _write(self, model: type[models.Model], frame: pd.DataFrame) -> None:
-        if frame.empty:
-            return
-        columns = [f.column for f in model._meta.concrete_fields]
-        for column in columns:
-            if column not in frame:
-                frame[column] = None  # e.g. import_batch_id: a seed is not an import
-        frame = frame[columns]
-        table = model._meta.db_table
-        if self.vendor == "postgresql":
-            copy_frame(table, columns, frame)
-        else:
-            insert_frame(table, columns, frame)
-        self.stats.add(table, len(frame))
+        """Stage one kind's rows; `_check_and_write` checks and writes the site's rows."""
+        self._staged.append((model, frame))
+
+    def _check_and_write(self, site) -> None:
+        """The rulebook over the site's rows, then the rows through the one bulk writer.
+
+        A hard rule broken by any row refuses the load (nothing is written: one transaction);
+        a soft rule opens a data query on each row that breaks it, as an import does."""
+        staged, self._staged = self._staged, []
+        frames = {kind_of(model).name: frame for model, frame in staged}
+        context = _RuleContext(frames, self._concepts_by_id(frames))
+        soft = []
+        for model, frame in staged:
+            kind = kind_of(model).name
+            checked = context.frame(kind, frame)
+            violations, skipped = evaluate(kind, checked)
+            if skipped:  # the loader must feed every rule; a new rule needs its context here
+                raise RuntimeError(f"The cohort loader cannot feed rules {skipped}.")
+            hard = violations[violations["severity"] == Severity.HARD.value]
+            if not hard.empty:
+                first = hard.iloc[0]
+                raise ValidationFailed(
+                    f"Site {site.code}: {len(hard)} {kind} rows break the rulebook, e.g. "
+                    f"{first['code']}: {first['message']}; nothing was written.")
+            flagged = violations[violations["severity"] == Severity.SOFT.value]
+            if not flagged.empty:
+                rows = frame.loc[flagged["row"]]
+                soft.append((kind, pd.DataFrame({
+                    "site_id": site.pk, "patient_id": rows["patient_id"].to_numpy(),
+                    "record_id": rows["id"].to_numpy(), "field": flagged["field"].to_numpy(),
+                    "text": flagged["message"].to_numpy()})))
+        for model, frame in staged:
+            recorded_at = frame.pop("created_at")
+            frame = frame.drop(columns=["updated_at"])
+            copy_frame_audited(model, frame, acting_user=self.acting_user, reason=self.reason,
+                               recorded_at=recorded_at)
+            self.stats.add(model._meta.db_table, len(frame))
+            self.stats.add(f"history:{model._meta.db_table}", len(frame))
+        for kind, flagged in soft:
+            opened = queries_open_bulk(flagged, record_model=kind,
+                                       acting_user=self.acting_user, reason=self.reason)
+            self.stats.add("queries", opened)
+
+    def _concepts_by_id(self, frames: dict[str, pd.DataFrame]) -> dict[int, Concept]:
+        wanted = set()
+        for kind, column in (("adverseevent", "ae_id"), ("labresult", "lab_id")):
+            if kind in frames:
+                wanted |= set(frames[kind][column].dropna().astype(int))
+        return Concept.objects.in_bulk(wanted)
+
+
+class _RuleContext:
+    """The facts about a patient that rules read (``ctx_`` columns), from the site's frames:
+    the loader writes a new site, so its frames are the whole record."""
+
+    def __init__(self, frames: dict[str, pd.DataFrame], concepts: dict[int, Concept]) -> None:
+        def day(series: pd.Series) -> pd.Series:
+            return pd.to_datetime(series, errors="coerce")
+
+        p, d = frames["patient"], frames["diagnosis"]
+        self.birth = p.set_index("id")["birth_year"]
+        self.first_dx = day(d["diagnosis_date"]).groupby(d["patient_id"].to_numpy()).min()
+        f = frames["followup"]
+        dead = f[f["vital_status"] == "dead"]
+        self.death = day(dead["followup_date"]).groupby(dead["patient_id"].to_numpy()).min()
+        c, lines = frames["cycle"], frames["treatmentline"]
+        self.last_event = pd.concat([
+            pd.Series(day(d["diagnosis_date"]).to_numpy(), index=d["patient_id"].to_numpy()),
+            pd.Series(day(c["start_date"]).to_numpy(), index=c["patient_id"].to_numpy()),
+        ]).groupby(level=0).max()
+        self.line_start = pd.Series(day(lines["start_date"]).to_numpy(), index=lines["id"])
+        self.grades = {pk: allowed_grades_text(x.allowed_grades()) for pk, x in concepts.items()}
+        self.terms = {pk: x.name_en for pk, x in concepts.items()}
+        self.low = {pk: x.attributes.get("reference_low") for pk, x in concepts.items()}
+        self.high = {pk: x.attributes.get("reference_high") for pk, x in concepts.items()}
+
+    def frame(self, kind: str, frame: pd.DataFrame) -> pd.DataFrame:
+        out = frame.copy()
+        patient = frame["id"] if kind == "patient" else frame["patient_id"]
+        wanted = {c for r in rules_for(kind) for c in r.columns if c.startswith("ctx_")}
+        lookups = {
+            "ctx_birth_year": lambda: patient.map(self.birth),
+            "ctx_first_diagnosis_date": lambda: patient.map(self.first_dx),
+            "ctx_death_date": lambda: patient.map(self.death),
+            "ctx_last_event_date": lambda: patient.map(self.last_event),
+            "ctx_line_start_date": lambda: frame["line_id"].map(self.line_start),
+            "ctx_allowed_grades": lambda: frame["ae_id"].map(self.grades),
+            "ctx_term": lambda: frame["ae_id"].map(self.terms),
+            "ctx_reference_low": lambda: frame["lab_id"].map(self.low),
+            "ctx_reference_high": lambda: frame["lab_id"].map(self.high),
+        }
+        for column in wanted & set(lookups):
+            out[column] = lookups[column]().to_numpy()
+        return out
 
 
 def foreign_keys_suspend(tables: list[str]) -> list[tuple[str, str, str]]:
@@ -511,30 +555,6 @@ def foreign_keys_restore(keys: list[tuple[str, str, str]]) -> None:
     with connection.cursor() as cursor:
         for table, name, definition in keys:
             cursor.execute(f'ALTER TABLE {table} ADD CONSTRAINT "{name}" {definition}')
-
-
-def copy_frame(table: str, columns: list[str], frame: pd.DataFrame) -> None:
-    """COPY a frame into `table` through Django's connection (inside its transaction)."""
-    buffer = io.StringIO()
-    frame.to_csv(buffer, index=False, header=False, na_rep="\\N")
-    connection.ensure_connection()
-    with (
-        connection.connection.cursor() as cursor,
-        cursor.copy(
-            f"COPY {table} ({', '.join(columns)}) FROM STDIN WITH (FORMAT csv, NULL '\\N')"
-        ) as copy,
-    ):
-        copy.write(buffer.getvalue())
-
-
-def insert_frame(table: str, columns: list[str], frame: pd.DataFrame) -> None:
-    rows = frame.astype(object).where(frame.notna(), None).itertuples(index=False, name=None)
-    placeholders = ", ".join(["%s"] * len(columns))
-    with connection.cursor() as cursor:
-        cursor.executemany(
-            f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({placeholders})",  # noqa: S608
-            list(rows),
-        )
 
 
 def load_cohorts(

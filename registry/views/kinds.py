@@ -8,17 +8,12 @@ from typing import Any
 
 from django import forms
 from django.db import models
-from django.utils.translation import gettext_lazy as _
 
 from registry import forms as f
+from registry import kinds as catalogue
 from registry.biomarkers import format_biomarkers, parse_biomarkers
 from registry.models import (
-    AdverseEvent,
     Cycle,
-    Diagnosis,
-    DrugAdministration,
-    FollowUp,
-    LabResult,
     Patient,
     TreatmentLine,
 )
@@ -38,13 +33,25 @@ def _cycle(patient: Patient, value: str) -> Cycle | None:
 
 @dataclass
 class Kind:
+    """A record kind of the catalogue (registry.kinds) with its form and how the form saves."""
+
     name: str
-    label: Any
-    model: type[models.Model]
     form: type[forms.Form]
     save: Callable  # (patient, data, instance, version, reason, user) -> record
     initial: Callable[[models.Model], dict]
     prepare: Callable[[forms.Form, Patient], None] = lambda form, patient: None
+
+    @property
+    def record(self) -> catalogue.RecordKind:
+        return catalogue.KINDS[self.name]
+
+    @property
+    def label(self) -> Any:
+        return self.record.label
+
+    @property
+    def model(self) -> type[models.Model]:
+        return self.record.model
 
 
 def _save_diagnosis(patient, d, instance, version, reason, user):
@@ -114,34 +121,35 @@ def _prepare_optional_cycle(form, patient):
     form.fields["cycle"].choices = _cycle_choices(patient, required=False)
 
 
+# Every record kind of the catalogue recorded about a patient has its form (a test checks).
 KINDS: dict[str, Kind] = {k.name: k for k in [
-    Kind("diagnosis", _("Diagnosis"), Diagnosis, f.DiagnosisForm, _save_diagnosis,
+    Kind("diagnosis", f.DiagnosisForm, _save_diagnosis,
          lambda r: {"diagnosis_date": r.diagnosis_date, "cancer": r.cancer_term.text,
                     "morphology": r.morphology_term.text if r.morphology_term else "",
                     "stage_system": r.stage_system, "stage_group": r.stage_group, "t": r.t,
                     "n": r.n, "m": r.m, "ecog": r.ecog,
                     "biomarkers": format_biomarkers(r.biomarkers)}),
-    Kind("treatmentline", _("Treatment line"), TreatmentLine, f.TreatmentLineForm, _save_line,
+    Kind("treatmentline", f.TreatmentLineForm, _save_line,
          lambda r: {"line_no": r.line_no, "regimen": r.regimen_term.text if r.regimen_term
                     else "", "intent": r.intent, "start_date": r.start_date,
                     "end_date": r.end_date}),
-    Kind("cycle", _("Cycle"), Cycle, f.CycleForm, _save_cycle,
+    Kind("cycle", f.CycleForm, _save_cycle,
          lambda r: {"line": str(r.line_id), "cycle_no": r.cycle_no, "start_date": r.start_date,
                     "length_days": r.length_days, "bsa_m2": r.bsa_m2}, _prepare_cycle),
-    Kind("drugadministration", _("Drug"), DrugAdministration, f.DrugForm, _save_drug,
+    Kind("drugadministration", f.DrugForm, _save_drug,
          lambda r: {"cycle": str(r.cycle_id), "day": r.day, "drug": r.drug_term.text,
                     "dose": "" if r.dose is None else f"{r.dose.normalize():f}",
                     "dose_unit": r.dose_unit, "route": r.route, "purpose": r.purpose},
          _prepare_required_cycle),
-    Kind("adverseevent", _("Adverse event"), AdverseEvent, f.AdverseEventForm, _save_ae,
+    Kind("adverseevent", f.AdverseEventForm, _save_ae,
          lambda r: {"term": r.ae_term.text, "grade": r.grade, "onset_date": r.onset_date,
                     "resolved_date": r.resolved_date, "serious": r.serious,
                     "cycle": str(r.cycle_id or "")}, _prepare_optional_cycle),
-    Kind("labresult", _("Lab result"), LabResult, f.LabForm, _save_lab,
+    Kind("labresult", f.LabForm, _save_lab,
          lambda r: {"test": r.test_term.text, "collected_date": r.collected_date,
                     "value": r.value_text, "unit": r.unit_term.text if r.unit_term else "",
                     "cycle": str(r.cycle_id or "")}, _prepare_optional_cycle),
-    Kind("followup", _("Follow-up"), FollowUp, f.FollowUpForm, _save_followup,
+    Kind("followup", f.FollowUpForm, _save_followup,
          lambda r: {"followup_date": r.followup_date, "vital_status": r.vital_status,
                     "progression": r.progression, "progression_date": r.progression_date,
                     "ecog": r.ecog, "cause_of_death": r.cause_of_death}),
