@@ -146,10 +146,15 @@ def _resolve_sites(user: User | AnonymousUser | None, sites) -> list[int] | None
 # Identifiers in the SQL below come from model metadata (and requested columns are checked
 # against it); every value is a bound parameter.
 def _snapshot(model: type[models.Model], columns: Iterable[str], *, as_of, sites,
-              params: list) -> str:
-    """SQL of `model`'s rows (current, or as they stood at `as_of`) at `sites`; appends its
-    parameters to `params` in order."""
+              params: list, patients: Sequence[int] | None = None) -> str:
+    """SQL of `model`'s rows (current, or as they stood at `as_of`) at `sites` (and of
+    `patients`, when given); appends its parameters to `params` in order."""
     cols = ", ".join(f'"{c}"' for c in columns)
+    filters: list[tuple[str, list[int]]] = []
+    if sites is not None:
+        filters.append(("site_id", list(sites)))
+    if patients is not None:
+        filters.append(("id" if model is Patient else "patient_id", list(patients)))
     if as_of is None:
         sql = f"SELECT {cols} FROM {model._meta.db_table}"  # noqa: S608
         where = []
@@ -158,14 +163,14 @@ def _snapshot(model: type[models.Model], columns: Iterable[str], *, as_of, sites
         # The site is filtered after the latest version is found: a row's site is the one it
         # had at `as_of`, not one it had before.
         params.append(as_of)
-        inner = cols if sites is None or '"site_id"' in cols.split(", ") \
-            else f'{cols}, "site_id"'
+        extra = [f'"{c}"' for c, _ in filters if f'"{c}"' not in cols.split(", ")]
+        inner = ", ".join([cols, *extra])
         sql = (f"SELECT {cols} FROM (SELECT DISTINCT ON (id) {inner}, history_type FROM {history}"  # noqa: S608
                f" WHERE history_date <= %s ORDER BY id, history_date DESC, history_id DESC) h")
         where = ["history_type <> '-'"]
-    if sites is not None:
-        where.append("site_id = ANY(%s)")
-        params.append(list(sites))
+    for column, values in filters:
+        where.append(f'"{column}" = ANY(%s)')
+        params.append(values)
     return sql + (" WHERE " + " AND ".join(where) if where else "")
 
 
@@ -211,18 +216,20 @@ _ALLOWED_GRADES = (
     "THEN attributes->'grades' END) k WHERE btrim(k) ~ '^[0-9]+$') gs)")
 
 
-def _context_sql(kind: str, wanted: Sequence[str], *, as_of, sites, params: list
-                 ) -> tuple[list[str], list[str], list[str]]:
+def _context_sql(kind: str, wanted: Sequence[str], *, as_of, sites, params: list,
+                 patients: Sequence[int] | None = None
+                 ) -> tuple[list[str], list[str], list[str], list[str]]:
     """The WITH clauses, joins and select items that add the context columns `wanted` to a
     kind's rows `r`, and the row's own columns the joins read."""
     patient_key = "r.id" if kind == "patient" else "r.patient_id"
-    specs: dict[str, tuple[type[models.Model], list[str], object]] = {}
+    specs: dict[str, tuple[type[models.Model], list[str], bool]] = {}
     joins, selects, keys = [], [], []
 
-    def cte(name: str, model, columns, scope=sites) -> None:
-        """Read `model`'s `columns` as CTE `name` (defined once, with every column asked)."""
-        known = specs.get(name, (model, [], scope))[1]
-        specs[name] = (model, list(dict.fromkeys([*known, *columns])), scope)
+    def cte(name: str, model, columns, scoped: bool = True) -> None:
+        """Read `model`'s `columns` as CTE `name` (defined once, with every column asked);
+        a patient's records are scoped as the rows are, the shared vocabulary is not."""
+        known = specs.get(name, (model, [], scoped))[1]
+        specs[name] = (model, list(dict.fromkeys([*known, *columns])), scoped)
 
     if kind != "patient":
         keys.append("patient_id")
@@ -270,41 +277,47 @@ def _context_sql(kind: str, wanted: Sequence[str], *, as_of, sites, params: list
     # The meanings of the row's words, from the standard concepts (shared by every site) and
     # the site's own words: a word not mapped yet has no grades and no reference range.
     if {"ctx_allowed_grades", "ctx_term"} & set(wanted):
-        cte("ctx_ae", Concept, ["id", "name_en", "attributes"], None)
+        cte("ctx_ae", Concept, ["id", "name_en", "attributes"], scoped=False)
         joins.append("LEFT JOIN (SELECT id, name_en, "  # noqa: S608
                      f"{_ALLOWED_GRADES} AS grades FROM ctx_ae) ctx_aec ON ctx_aec.id = r.ae_id")
         keys.append("ae_id")
         if "ctx_allowed_grades" in wanted:
             selects.append("ctx_aec.grades AS ctx_allowed_grades")
         if "ctx_term" in wanted:
-            cte("ctx_t", SiteTerm, ["id", "text"], None)
+            cte("ctx_t", SiteTerm, ["id", "text"], scoped=False)
             joins.append("LEFT JOIN ctx_t ON ctx_t.id = r.ae_term_id")
             keys.append("ae_term_id")
             selects.append("coalesce(ctx_aec.name_en, ctx_t.text) AS ctx_term")
     if {"ctx_reference_low", "ctx_reference_high"} & set(wanted):
-        cte("ctx_lab", Concept, ["id", "attributes"], None)
+        cte("ctx_lab", Concept, ["id", "attributes"], scoped=False)
         joins.append("LEFT JOIN ctx_lab ON ctx_lab.id = r.lab_id")
         keys.append("lab_id")
         for bound in ("low", "high"):
             if f"ctx_reference_{bound}" in wanted:
                 selects.append(f"{_json_number('ctx_lab.attributes', 'reference_' + bound)} "
                                f"AS ctx_reference_{bound}")
-    ctes = [f"{name} AS ({_snapshot(model, columns, as_of=as_of, sites=scope, params=params)})"
-            for name, (model, columns, scope) in specs.items()]
+    ctes = []
+    for name, (model, columns, scoped) in specs.items():
+        body = _snapshot(model, columns, as_of=as_of, params=params,
+                         sites=sites if scoped else None, patients=patients if scoped else None)
+        ctes.append(f"{name} AS ({body})")
     return ctes, joins, selects, keys
 
 
 def records_frame(kind: str, *, user: User | AnonymousUser | None = None, sites=None,
-                  as_of: dt.datetime | None = None, columns: Iterable[str] | None = None
-                  ) -> pd.DataFrame:
+                  as_of: dt.datetime | None = None, columns: Iterable[str] | None = None,
+                  patients: Iterable[int] | None = None) -> pd.DataFrame:
     """The rows of record kind `kind` as a frame, one SQL query.
 
     `columns` chooses among the model's columns and the kind's CONTEXT_COLUMNS (default: all
     of both); an unknown column is a ValueError naming it. `id` and `site_id` are always read.
+    `patients` (patient ids) narrows the rows, and the context read for them, to those
+    patients' records (within the scope of `user`/`sites`): a form's recheck of one patient.
     Dates are datetime64[s], booleans the nullable "boolean" dtype, integers "Int64".
     """
     model = _model(kind)
     site_ids = _resolve_sites(user, sites)
+    patient_ids = None if patients is None else sorted({int(p) for p in patients})
     own = model_columns(model, as_of=as_of)
     context = CONTEXT_COLUMNS[kind]
     if columns is None:
@@ -318,11 +331,12 @@ def records_frame(kind: str, *, user: User | AnonymousUser | None = None, sites=
         wanted_context = [c for c in columns if c in context]
     params: list = []
     ctes, joins, selects, keys = _context_sql(kind, wanted_context, as_of=as_of,
-                                              sites=site_ids, params=params)
+                                              sites=site_ids, params=params,
+                                              patients=patient_ids)
     # The join keys the context needs are read even when the caller did not ask for them.
     keys = [k for k in keys if k in own] if wanted_context else []
     rows = _snapshot(model, list(dict.fromkeys([*wanted_own, *keys])), as_of=as_of,
-                     sites=site_ids, params=params)
+                     sites=site_ids, params=params, patients=patient_ids)
     select = ", ".join([*(f'r."{c}"' for c in wanted_own), *selects])
     with_clause = f"WITH {', '.join(ctes)} " if ctes else ""
     sql = f"{with_clause}SELECT {select} FROM ({rows}) r {' '.join(joins)} ORDER BY r.id"  # noqa: S608

@@ -239,3 +239,18 @@ def test_cohort_frame_equals_orm_summaries(cohort, site_a, site_b, alice, bob):
     assert row["last_followup_date"] == row["death_date"]
     assert row["line_count"] == 1
     assert set(cohort_frame(user=bob)["site_id"]) == {site_b.pk}
+
+
+@pytest.mark.parametrize("kind", list(KIND_MODELS))
+def test_patients_narrow_the_rows_and_keep_their_context(kind, cohort, site_a):
+    """One patient's records (a form's recheck) are the whole read's rows of that patient,
+    context included, now and at a snapshot."""
+    patient = cohort[0][1]
+    key = "id" if kind == "patient" else "patient_id"
+    moment = timezone.now()
+    for as_of in (None, moment):
+        whole = records_frame(kind, sites=ALL_SITES, as_of=as_of)
+        narrowed = records_frame(kind, sites=[site_a.pk], patients=[patient.pk], as_of=as_of)
+        expected = whole[whole[key] == patient.pk].reset_index(drop=True)
+        assert len(expected) > 0
+        pd.testing.assert_frame_equal(narrowed, expected)
