@@ -75,18 +75,19 @@ def rules_for(kind: str) -> list[Rule]:
 VIOLATION_COLUMNS = ["row", "code", "severity", "field", "message"]
 
 
-def evaluate(kind: str, frame: pd.DataFrame, *, severities: Iterable[Severity] | None = None
-             ) -> tuple[pd.DataFrame, list[str]]:
-    """Every rule of `kind` over `frame`.
+def evaluate(kind: str, frame: pd.DataFrame, *, severities: Iterable[Severity] | None = None,
+             codes: Iterable[str] | None = None) -> tuple[pd.DataFrame, list[str]]:
+    """Every rule of `kind` over `frame` (only those of `codes`, when given).
 
     Returns the violations (one row per failing row and rule: the frame's index label as
     ``row``, the rule's code, severity, field and message) and the codes of the rules skipped
     because the frame lacks their columns.
     """
     wanted = set(severities) if severities is not None else set(Severity)
+    chosen = set(codes) if codes is not None else None
     found, skipped = [], []
     for r in rules_for(kind):
-        if r.severity not in wanted:
+        if r.severity not in wanted or (chosen is not None and r.code not in chosen):
             continue
         if not set(r.columns) <= set(frame.columns):
             skipped.append(r.code)
@@ -100,6 +101,34 @@ def evaluate(kind: str, frame: pd.DataFrame, *, severities: Iterable[Severity] |
                   else pd.DataFrame(columns=VIOLATION_COLUMNS))
     return violations, skipped
 
+
+# -- facts of one record that rules of other records read -------------------------------------
+# A patient's context columns and the record kinds they are taken from. When a write changes
+# such a fact (FACTS), the rules reading it are run again over the patient's stored records:
+# moving a line's start after its cycles, a birth year after an event, a death before a cycle.
+CONTEXT_SOURCES: dict[str, tuple[str, ...]] = {
+    "ctx_birth_year": ("patient",),
+    "ctx_first_diagnosis_date": ("diagnosis",),
+    "ctx_last_event_date": ("diagnosis", "cycle"),
+    "ctx_death_date": ("followup",),
+    "ctx_line_start_date": ("treatmentline",),
+    "ctx_cycle_start_date": ("cycle",),
+}
+
+# What a record of each kind gives to the context above (compared before and after a write).
+FACTS: dict[str, Callable[[object], object]] = {
+    "patient": lambda r: r.birth_year,
+    "diagnosis": lambda r: r.diagnosis_date,
+    "treatmentline": lambda r: r.start_date,
+    "cycle": lambda r: r.start_date,
+    "followup": lambda r: r.followup_date if r.vital_status == "dead" else None,
+}
+
+
+def rules_reading_facts_of(kind: str) -> list[Rule]:
+    """The rules that read a context column taken from records of `kind`."""
+    given = {column for column, kinds in CONTEXT_SOURCES.items() if kind in kinds}
+    return [r for r in RULES.values() if given & set(r.columns)]
 
 
 def _format(message, row: pd.Series) -> str:

@@ -14,8 +14,12 @@ Besides the model's own columns (named as the model's field attnames: ``patient_
 ``start_date``...), a frame carries the context columns that rules read (see CONTEXT_COLUMNS):
 ``ctx_birth_year``, ``ctx_first_diagnosis_date``, ``ctx_death_date`` (the first follow-up that
 records death) for every kind, ``ctx_line_start_date`` for cycles and drugs,
-``ctx_cycle_start_date`` for drugs, adverse events and labs (empty when not linked to a cycle).
-Context is taken from the same snapshot as the rows.
+``ctx_cycle_start_date`` for drugs, adverse events and labs (empty when not linked to a cycle),
+``ctx_allowed_grades`` and ``ctx_term`` for adverse events (the grades the mapped CTCAE term
+defines, its name; the site's word when not mapped), ``ctx_reference_low``/``_high`` for labs
+(the mapped lab's reference range, in its canonical unit) and ``ctx_last_event_date`` (the last
+diagnosis or cycle) for follow-ups. Context is taken from the same snapshot as the rows, so the
+dashboard runs every rule of the rulebook (a test keeps it so).
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from django.db import connection, models
 
 from registry import access
 from registry.kinds import KINDS
-from registry.models import Cycle, Diagnosis, FollowUp, Patient, TreatmentLine
+from registry.models import Concept, Cycle, Diagnosis, FollowUp, Patient, SiteTerm, TreatmentLine
 
 
 class _AllSites:
@@ -54,12 +58,16 @@ CONTEXT_COLUMNS: dict[str, tuple[str, ...]] = {
     "treatmentline": _PATIENT_CONTEXT,
     "cycle": (*_PATIENT_CONTEXT, "ctx_line_start_date"),
     "drugadministration": (*_PATIENT_CONTEXT, "ctx_cycle_start_date", "ctx_line_start_date"),
-    "adverseevent": (*_PATIENT_CONTEXT, "ctx_cycle_start_date"),
-    "labresult": (*_PATIENT_CONTEXT, "ctx_cycle_start_date"),
-    "followup": _PATIENT_CONTEXT,
+    "adverseevent": (*_PATIENT_CONTEXT, "ctx_cycle_start_date", "ctx_allowed_grades",
+                     "ctx_term"),
+    "labresult": (*_PATIENT_CONTEXT, "ctx_cycle_start_date", "ctx_reference_low",
+                  "ctx_reference_high"),
+    "followup": (*_PATIENT_CONTEXT, "ctx_last_event_date"),
 }
 
-_CONTEXT_TYPES = {"ctx_birth_year": "int"}  # every other context column is a date
+# Every other context column is a date.
+_CONTEXT_TYPES = {"ctx_birth_year": "int", "ctx_allowed_grades": "text", "ctx_term": "text",
+                  "ctx_reference_low": "float", "ctx_reference_high": "float"}
 
 # The cohort view: one row per patient with their first diagnosis and follow-up summary.
 COHORT_COLUMNS: tuple[str, ...] = (
@@ -138,10 +146,15 @@ def _resolve_sites(user: User | AnonymousUser | None, sites) -> list[int] | None
 # Identifiers in the SQL below come from model metadata (and requested columns are checked
 # against it); every value is a bound parameter.
 def _snapshot(model: type[models.Model], columns: Iterable[str], *, as_of, sites,
-              params: list) -> str:
-    """SQL of `model`'s rows (current, or as they stood at `as_of`) at `sites`; appends its
-    parameters to `params` in order."""
+              params: list, patients: Sequence[int] | None = None) -> str:
+    """SQL of `model`'s rows (current, or as they stood at `as_of`) at `sites` (and of
+    `patients`, when given); appends its parameters to `params` in order."""
     cols = ", ".join(f'"{c}"' for c in columns)
+    filters: list[tuple[str, list[int]]] = []
+    if sites is not None:
+        filters.append(("site_id", list(sites)))
+    if patients is not None:
+        filters.append(("id" if model is Patient else "patient_id", list(patients)))
     if as_of is None:
         sql = f"SELECT {cols} FROM {model._meta.db_table}"  # noqa: S608
         where = []
@@ -150,13 +163,14 @@ def _snapshot(model: type[models.Model], columns: Iterable[str], *, as_of, sites
         # The site is filtered after the latest version is found: a row's site is the one it
         # had at `as_of`, not one it had before.
         params.append(as_of)
-        inner = cols if '"site_id"' in cols.split(", ") else f'{cols}, "site_id"'
+        extra = [f'"{c}"' for c, _ in filters if f'"{c}"' not in cols.split(", ")]
+        inner = ", ".join([cols, *extra])
         sql = (f"SELECT {cols} FROM (SELECT DISTINCT ON (id) {inner}, history_type FROM {history}"  # noqa: S608
                f" WHERE history_date <= %s ORDER BY id, history_date DESC, history_id DESC) h")
         where = ["history_type <> '-'"]
-    if sites is not None:
-        where.append("site_id = ANY(%s)")
-        params.append(list(sites))
+    for column, values in filters:
+        where.append(f'"{column}" = ANY(%s)')
+        params.append(values)
     return sql + (" WHERE " + " AND ".join(where) if where else "")
 
 
@@ -187,16 +201,38 @@ def _copy_frame(sql: str, params: Sequence, types: dict[str, str]) -> pd.DataFra
     return frame
 
 
-def _context_sql(kind: str, wanted: Sequence[str], *, as_of, sites, params: list
-                 ) -> tuple[list[str], list[str]]:
-    """The WITH clauses and joins that add the context columns `wanted` to a kind's rows `r`."""
+# A JSON attribute of a concept as a number (a number, or a string holding one; else NULL).
+def _json_number(attributes: str, key: str) -> str:
+    value = f"{attributes}->'{key}'"
+    return (f"CASE WHEN jsonb_typeof({value}) = 'number' THEN ({attributes}->>'{key}')::float8 "
+            f"WHEN jsonb_typeof({value}) = 'string' AND btrim({attributes}->>'{key}') "
+            f"~ '^[-+]?[0-9]+(\\.[0-9]+)?$' THEN btrim({attributes}->>'{key}')::float8 END")
+
+
+# The grades a CTCAE term defines ("1, 2, 3"), as rules.allowed_grades_text writes them.
+_ALLOWED_GRADES = (
+    "(SELECT string_agg(g::text, ', ' ORDER BY g) FROM (SELECT DISTINCT btrim(k)::int AS g "
+    "FROM jsonb_object_keys(CASE WHEN jsonb_typeof(attributes->'grades') = 'object' "
+    "THEN attributes->'grades' END) k WHERE btrim(k) ~ '^[0-9]+$') gs)")
+
+
+def _context_sql(kind: str, wanted: Sequence[str], *, as_of, sites, params: list,
+                 patients: Sequence[int] | None = None
+                 ) -> tuple[list[str], list[str], list[str], list[str]]:
+    """The WITH clauses, joins and select items that add the context columns `wanted` to a
+    kind's rows `r`, and the row's own columns the joins read."""
     patient_key = "r.id" if kind == "patient" else "r.patient_id"
-    ctes, joins, selects = [], [], []
+    specs: dict[str, tuple[type[models.Model], list[str], bool]] = {}
+    joins, selects, keys = [], [], []
 
-    def cte(name: str, model, columns) -> None:
-        body = _snapshot(model, columns, as_of=as_of, sites=sites, params=params)
-        ctes.append(f"{name} AS ({body})")
+    def cte(name: str, model, columns, scoped: bool = True) -> None:
+        """Read `model`'s `columns` as CTE `name` (defined once, with every column asked);
+        a patient's records are scoped as the rows are, the shared vocabulary is not."""
+        known = specs.get(name, (model, [], scoped))[1]
+        specs[name] = (model, list(dict.fromkeys([*known, *columns])), scoped)
 
+    if kind != "patient":
+        keys.append("patient_id")
     if "ctx_birth_year" in wanted:
         cte("ctx_p", Patient, ["id", "birth_year"])
         joins.append(f"LEFT JOIN ctx_p ON ctx_p.id = {patient_key}")
@@ -212,32 +248,76 @@ def _context_sql(kind: str, wanted: Sequence[str], *, as_of, sites, params: list
                      "WHERE vital_status = 'dead' GROUP BY patient_id) ctx_dd "
                      f"ON ctx_dd.patient_id = {patient_key}")
         selects.append("ctx_dd.death AS ctx_death_date")
+    if "ctx_last_event_date" in wanted:
+        # The last diagnosis or cycle, as the form's and the import's facts take it.
+        cte("ctx_d", Diagnosis, ["patient_id", "diagnosis_date", "site_id"])
+        cte("ctx_c", Cycle, ["id", "patient_id", "start_date", "site_id"])
+        joins.append("LEFT JOIN (SELECT patient_id, max(day) AS last FROM ("  # noqa: S608
+                     "SELECT patient_id, diagnosis_date AS day FROM ctx_d UNION ALL "
+                     "SELECT patient_id, start_date FROM ctx_c) events GROUP BY patient_id) "
+                     f"ctx_le ON ctx_le.patient_id = {patient_key}")
+        selects.append("ctx_le.last AS ctx_last_event_date")
     needs_cycle = "ctx_cycle_start_date" in wanted or (
         kind == "drugadministration" and "ctx_line_start_date" in wanted)
     if needs_cycle:
         cte("ctx_c", Cycle, ["id", "line_id", "start_date", "site_id"])
-        joins.append("LEFT JOIN ctx_c ON ctx_c.id = r.cycle_id")
+        joins.append("LEFT JOIN ctx_c AS ctx_rc ON ctx_rc.id = r.cycle_id")
+        keys.append("cycle_id")
         if "ctx_cycle_start_date" in wanted:
-            selects.append("ctx_c.start_date AS ctx_cycle_start_date")
+            selects.append("ctx_rc.start_date AS ctx_cycle_start_date")
     if "ctx_line_start_date" in wanted:
         cte("ctx_l", TreatmentLine, ["id", "start_date", "site_id"])
-        line_key = "ctx_c.line_id" if kind == "drugadministration" else "r.line_id"
+        if kind == "drugadministration":
+            line_key = "ctx_rc.line_id"
+        else:
+            line_key = "r.line_id"
+            keys.append("line_id")
         joins.append(f"LEFT JOIN ctx_l ON ctx_l.id = {line_key}")
         selects.append("ctx_l.start_date AS ctx_line_start_date")
-    return ctes, joins, selects
+    # The meanings of the row's words, from the standard concepts (shared by every site) and
+    # the site's own words: a word not mapped yet has no grades and no reference range.
+    if {"ctx_allowed_grades", "ctx_term"} & set(wanted):
+        cte("ctx_ae", Concept, ["id", "name_en", "attributes"], scoped=False)
+        joins.append("LEFT JOIN (SELECT id, name_en, "  # noqa: S608
+                     f"{_ALLOWED_GRADES} AS grades FROM ctx_ae) ctx_aec ON ctx_aec.id = r.ae_id")
+        keys.append("ae_id")
+        if "ctx_allowed_grades" in wanted:
+            selects.append("ctx_aec.grades AS ctx_allowed_grades")
+        if "ctx_term" in wanted:
+            cte("ctx_t", SiteTerm, ["id", "text"], scoped=False)
+            joins.append("LEFT JOIN ctx_t ON ctx_t.id = r.ae_term_id")
+            keys.append("ae_term_id")
+            selects.append("coalesce(ctx_aec.name_en, ctx_t.text) AS ctx_term")
+    if {"ctx_reference_low", "ctx_reference_high"} & set(wanted):
+        cte("ctx_lab", Concept, ["id", "attributes"], scoped=False)
+        joins.append("LEFT JOIN ctx_lab ON ctx_lab.id = r.lab_id")
+        keys.append("lab_id")
+        for bound in ("low", "high"):
+            if f"ctx_reference_{bound}" in wanted:
+                selects.append(f"{_json_number('ctx_lab.attributes', 'reference_' + bound)} "
+                               f"AS ctx_reference_{bound}")
+    ctes = []
+    for name, (model, columns, scoped) in specs.items():
+        body = _snapshot(model, columns, as_of=as_of, params=params,
+                         sites=sites if scoped else None, patients=patients if scoped else None)
+        ctes.append(f"{name} AS ({body})")
+    return ctes, joins, selects, keys
 
 
 def records_frame(kind: str, *, user: User | AnonymousUser | None = None, sites=None,
-                  as_of: dt.datetime | None = None, columns: Iterable[str] | None = None
-                  ) -> pd.DataFrame:
+                  as_of: dt.datetime | None = None, columns: Iterable[str] | None = None,
+                  patients: Iterable[int] | None = None) -> pd.DataFrame:
     """The rows of record kind `kind` as a frame, one SQL query.
 
     `columns` chooses among the model's columns and the kind's CONTEXT_COLUMNS (default: all
     of both); an unknown column is a ValueError naming it. `id` and `site_id` are always read.
+    `patients` (patient ids) narrows the rows, and the context read for them, to those
+    patients' records (within the scope of `user`/`sites`): a form's recheck of one patient.
     Dates are datetime64[s], booleans the nullable "boolean" dtype, integers "Int64".
     """
     model = _model(kind)
     site_ids = _resolve_sites(user, sites)
+    patient_ids = None if patients is None else sorted({int(p) for p in patients})
     own = model_columns(model, as_of=as_of)
     context = CONTEXT_COLUMNS[kind]
     if columns is None:
@@ -250,12 +330,13 @@ def records_frame(kind: str, *, user: User | AnonymousUser | None = None, sites=
         wanted_own = list(dict.fromkeys(["id", "site_id", *[c for c in columns if c in own]]))
         wanted_context = [c for c in columns if c in context]
     params: list = []
-    ctes, joins, selects = _context_sql(kind, wanted_context, as_of=as_of, sites=site_ids,
-                                        params=params)
+    ctes, joins, selects, keys = _context_sql(kind, wanted_context, as_of=as_of,
+                                              sites=site_ids, params=params,
+                                              patients=patient_ids)
     # The join keys the context needs are read even when the caller did not ask for them.
-    keys = [k for k in ("patient_id", "line_id", "cycle_id") if k in own and wanted_context]
+    keys = [k for k in keys if k in own] if wanted_context else []
     rows = _snapshot(model, list(dict.fromkeys([*wanted_own, *keys])), as_of=as_of,
-                     sites=site_ids, params=params)
+                     sites=site_ids, params=params, patients=patient_ids)
     select = ", ".join([*(f'r."{c}"' for c in wanted_own), *selects])
     with_clause = f"WITH {', '.join(ctes)} " if ctes else ""
     sql = f"{with_clause}SELECT {select} FROM ({rows}) r {' '.join(joins)} ORDER BY r.id"  # noqa: S608

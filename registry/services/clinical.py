@@ -6,14 +6,18 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from decimal import Decimal, InvalidOperation
+from types import SimpleNamespace
 
 import pandas as pd
+from django.apps import apps
 from django.contrib.auth.models import User
 from django.db import models, transaction
 from django.db.models import Exists, Max, Min, OuterRef, Subquery
 from django.utils import timezone
+from django.utils.translation import gettext
 
 from registry import limits
 from registry.audit import version_bump
@@ -33,11 +37,19 @@ from registry.models import (
 )
 from registry.models.organisation import DATA_ENTRY_ROLES
 from registry.pseudonyms import hospital_number_hash, hospital_number_hashes
-from registry.rules import Severity, allowed_grades_text, evaluate
+from registry.rules import (
+    FACTS,
+    VIOLATION_COLUMNS,
+    Severity,
+    allowed_grades_text,
+    evaluate,
+    rules_reading_facts_of,
+)
+from registry.selectors.bulk import records_frame
 from registry.services.mapping import term_resolve
 from registry.services.organisation import require_site_role
 from registry.services.terminology import lab_canonical, normalise_for_domain
-from registry.services.workflow import edit_guard, save_or_refuse, store
+from registry.services.workflow import edit_guard, queries_open_bulk, save_or_refuse, store
 
 _LAB_VALUE = re.compile(r"^\s*(<=|>=|≤|≥|<|>)?\s*([-+]?\d+(?:\.\d+)?)\s*$")
 
@@ -106,6 +118,72 @@ def _rules_check(errors: ErrorCollector, kind: str, row: dict) -> list[tuple[str
         else:
             warnings.append((field, message))
     return warnings
+
+
+def _fact_stored(instance: models.Model | None) -> object:
+    """The fact a stored record gives its patient's other records' rules (None: new)."""
+    if instance is None:
+        return None
+    return FACTS[instance._meta.model_name](type(instance).objects.get(pk=instance.pk))
+
+
+def _dependant_violations(kind: str, patient: Patient) -> pd.DataFrame:
+    """The broken rules of `patient`'s stored records that read a fact of `kind`'s records,
+    one read per record kind through the bulk reader (inside the write's transaction)."""
+    by_kind: dict[str, list] = {}
+    for rule in rules_reading_facts_of(kind):
+        by_kind.setdefault(rule.kind, []).append(rule)
+    found = []
+    for child_kind, child_rules in by_kind.items():
+        columns = sorted({c for rule in child_rules for c in rule.columns})
+        frame = records_frame(child_kind, sites=[patient.site_id], patients=[patient.pk],
+                              columns=columns).set_index("id")
+        violations, _skipped = evaluate(child_kind, frame,
+                                        codes=[rule.code for rule in child_rules])
+        if not violations.empty:
+            found.append(violations.assign(kind=child_kind))
+    return (pd.concat(found, ignore_index=True) if found
+            else pd.DataFrame(columns=[*VIOLATION_COLUMNS, "kind"]))
+
+
+@contextmanager
+def _dependants_rechecked(model: type[models.Model], instance: models.Model | None,
+                          fields: dict, *, patient: Patient, field: str,
+                          acting_user: User | None) -> Iterator[None]:
+    """Around the write of `fields` to a record of `model` (`instance`, or a new one): when
+    the fact it gives its patient's other records changes (rules.FACTS: birth year, diagnosis,
+    line or cycle start, death), run again the rules of those records that read it, over the
+    stored records as they stand after the write. A rule a record breaks after the write and
+    did not break before it: hard, the write is refused (its transaction rolls back) with the
+    rule's message at `field`, naming the record; soft, a data query is opened on the record,
+    in one insert as an import does."""
+    kind = model._meta.model_name
+    if FACTS[kind](SimpleNamespace(**fields)) == _fact_stored(instance):
+        yield
+        return
+    key = ["kind", "row", "code"]
+    before = _dependant_violations(kind, patient)
+    yield
+    after = _dependant_violations(kind, patient)
+    new = after[~after.set_index(key).index.isin(before.set_index(key).index)]
+    errors = ErrorCollector()
+    for row in new[new["severity"] == Severity.HARD].itertuples():
+        errors.add(field, gettext("%(record)s: %(message)s") % {
+            "record": _record_label(row.kind, row.row), "message": row.message})
+    errors.raise_if_any()
+    soft = new[new["severity"] == Severity.SOFT]
+    for child_kind, rows in soft.groupby("kind"):
+        queries_open_bulk(pd.DataFrame({
+            "site_id": patient.site_id, "patient_id": patient.pk,
+            "record_id": rows["row"].astype(int).to_numpy(), "field": rows["field"].to_numpy(),
+            "text": rows["message"].to_numpy()}), record_model=child_kind,
+            acting_user=acting_user, reason="edit check")
+
+
+def _record_label(kind: str, pk: int) -> str:
+    """A record as a message names it: its kind and id ("Cycle 12")."""
+    name = str(apps.get_model("registry", kind)._meta.verbose_name)
+    return gettext("%(kind)s %(id)s") % {"kind": name[:1].upper() + name[1:], "id": pk}
 
 
 def _check_demographics(errors: ErrorCollector, *, site: Site, sex: str, birth_year: int,
@@ -195,19 +273,17 @@ def patient_update(
                         consent_scope=consent_scope, department=department,
                         consent_date=consent_date)
     errors.raise_if_any()
-    return store(
-        Patient,
-        patient,
-        {
-            "sex": sex,
-            "birth_year": birth_year,
-            "department": department,
-            "consent_scope": consent_scope,
-            "consent_date": consent_date,
-        },
-        acting_user=acting_user,
-        reason=reason,
-    )
+    fields = {
+        "sex": sex,
+        "birth_year": birth_year,
+        "department": department,
+        "consent_scope": consent_scope,
+        "consent_date": consent_date,
+    }
+    with _dependants_rechecked(Patient, patient, fields, patient=patient, field="birth_year",
+                               acting_user=acting_user):
+        updated = store(Patient, patient, fields, acting_user=acting_user, reason=reason)
+    return updated
 
 
 def patient_withdraw(
@@ -279,29 +355,27 @@ def diagnosis_record(
             morphology_term, morphology_concept = term_resolve(
                 site=site, domain=Domain.MORPHOLOGY, text=morphology, acting_user=acting_user
             )
-        return store(
-            Diagnosis,
-            instance,
-            dict(
-                site=site,
-                patient=patient,
-                diagnosis_date=diagnosis_date,
-                cancer_term=cancer_term,
-                cancer=cancer_concept,
-                morphology_term=morphology_term,
-                morphology=morphology_concept,
-                stage_system=stage_system,
-                stage_group=stage_group,
-                t=t,
-                n=n,
-                m=m,
-                ecog=ecog,
-                biomarkers=biomarkers or {},
-            ),
-            acting_user=acting_user,
-            reason=reason,
-            warnings=warnings,
+        fields = dict(
+            site=site,
+            patient=patient,
+            diagnosis_date=diagnosis_date,
+            cancer_term=cancer_term,
+            cancer=cancer_concept,
+            morphology_term=morphology_term,
+            morphology=morphology_concept,
+            stage_system=stage_system,
+            stage_group=stage_group,
+            t=t,
+            n=n,
+            m=m,
+            ecog=ecog,
+            biomarkers=biomarkers or {},
         )
+        with _dependants_rechecked(Diagnosis, instance, fields, patient=patient,
+                                   field="diagnosis_date", acting_user=acting_user):
+            record = store(Diagnosis, instance, fields, acting_user=acting_user, reason=reason,
+                           warnings=warnings)
+        return record
 
 
 @transaction.atomic
@@ -352,23 +426,21 @@ def treatment_line_record(
             regimen_term, regimen_concept = term_resolve(
                 site=patient.site, domain=Domain.REGIMEN, text=regimen, acting_user=acting_user
             )
-        return store(
-            TreatmentLine,
-            instance,
-            dict(
-                site=patient.site,
-                patient=patient,
-                line_no=line_no,
-                regimen_term=regimen_term,
-                regimen=regimen_concept,
-                intent=intent,
-                start_date=start_date,
-                end_date=end_date,
-            ),
-            acting_user=acting_user,
-            reason=reason,
-            warnings=warnings,
+        fields = dict(
+            site=patient.site,
+            patient=patient,
+            line_no=line_no,
+            regimen_term=regimen_term,
+            regimen=regimen_concept,
+            intent=intent,
+            start_date=start_date,
+            end_date=end_date,
         )
+        with _dependants_rechecked(TreatmentLine, instance, fields, patient=patient,
+                                   field="start_date", acting_user=acting_user):
+            record = store(TreatmentLine, instance, fields, acting_user=acting_user,
+                           reason=reason, warnings=warnings)
+        return record
 
 
 def _check_diagnosed(errors: ErrorCollector, facts: dict, field: str) -> None:
@@ -422,22 +494,20 @@ def cycle_record(
     ):
         errors.add("cycle_no", f"Cycle {cycle_no} of line {line.line_no} is already recorded.")
     errors.raise_if_any()
-    return store(
-        Cycle,
-        instance,
-        dict(
-            site=patient.site,
-            patient=patient,
-            line=line,
-            cycle_no=cycle_no,
-            start_date=start_date,
-            length_days=length_days,
-            bsa_m2=bsa_m2,
-        ),
-        acting_user=acting_user,
-        reason=reason,
-        warnings=warnings,
+    fields = dict(
+        site=patient.site,
+        patient=patient,
+        line=line,
+        cycle_no=cycle_no,
+        start_date=start_date,
+        length_days=length_days,
+        bsa_m2=bsa_m2,
     )
+    with _dependants_rechecked(Cycle, instance, fields, patient=patient, field="start_date",
+                               acting_user=acting_user):
+        record = store(Cycle, instance, fields, acting_user=acting_user, reason=reason,
+                       warnings=warnings)
+    return record
 
 
 @transaction.atomic
@@ -791,22 +861,19 @@ def followup_record(
         )
     errors.raise_if_any()
     with transaction.atomic():
-        followup = store(
-            FollowUp,
-            instance,
-            dict(
-                site=patient.site,
-                patient=patient,
-                followup_date=followup_date,
-                vital_status=vital_status,
-                progression=progression,
-                progression_date=progression_date,
-                ecog=ecog,
-                cause_of_death=cause_of_death,
-            ),
-            acting_user=acting_user,
-            reason=reason,
-            warnings=warnings,
+        fields = dict(
+            site=patient.site,
+            patient=patient,
+            followup_date=followup_date,
+            vital_status=vital_status,
+            progression=progression,
+            progression_date=progression_date,
+            ecog=ecog,
+            cause_of_death=cause_of_death,
         )
-        followup_summary_refresh([patient.pk])
+        with _dependants_rechecked(FollowUp, instance, fields, patient=patient,
+                                   field="followup_date", acting_user=acting_user):
+            followup = store(FollowUp, instance, fields, acting_user=acting_user,
+                             reason=reason, warnings=warnings)
+            followup_summary_refresh([patient.pk])
     return followup

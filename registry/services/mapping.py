@@ -371,7 +371,13 @@ def recode(
     Set-based on PostgreSQL: per use of the word, one UPDATE per range of `batch_ids` ids,
     each writing the history rows of the rows it changed in the same statement (version
     bumped, the acting user and `reason`), all in this transaction; memory does not grow with
-    the number of rows."""
+    the number of rows.
+
+    Whoever enters the site's records may bring its rows to the word's current meaning (the
+    mapping services decided it, each checking its own role); re-coding to anything else is
+    a reviewer's decision. No acting user is the system (an unattended job)."""
+    _require_role(acting_user, site_term.site,
+                  DATA_ENTRY_ROLES if _is_current_meaning(site_term, concept) else REVIEW_ROLES)
     changed = 0
     locked: list[LockedRow] = []
     for model, term_field, concept_field in USES[site_term.domain]:
@@ -389,6 +395,16 @@ def recode(
                                           acting_user=acting_user, reason=reason,
                                           batch_ids=batch_ids)
     return RecodeResult(changed=changed, locked=tuple(locked))
+
+
+def _current_meaning(site_term: SiteTerm) -> Concept | None:
+    """The concept the word's rows are coded with now (None: unmapped or not mappable)."""
+    return None if site_term.unmappable else approved_concept(site_term)
+
+
+def _is_current_meaning(site_term: SiteTerm, concept: Concept | None) -> bool:
+    current = _current_meaning(site_term)
+    return (current.pk if current else None) == (concept.pk if concept else None)
 
 
 def _recodable(model: type[models.Model], term_field: str, concept_field: str,
@@ -526,7 +542,7 @@ def _recode_row_by_row(model: type[models.Model], concept_field: str, rows: mode
 def recode_pending(site_term: SiteTerm) -> list[LockedRow]:
     """Records still coded from an earlier meaning of the word: the locked rows a re-code left
     alone (and, if any was unlocked since, not yet re-coded)."""
-    concept = None if site_term.unmappable else approved_concept(site_term)
+    concept = _current_meaning(site_term)
     pending: list[LockedRow] = []
     for model, term_field, concept_field in USES[site_term.domain]:
         rows = _recodable(model, term_field, concept_field, site_term, concept)
@@ -538,7 +554,9 @@ def record_recode(instance: models.Model, *, acting_user: User | None,
                   reason: str = "re-coded after unlock") -> list[str]:
     """Bring one record's coded values up to its words' current meaning (a row a re-code left
     alone while it was locked), audited; returns the concept fields changed. A locked record
-    is left alone."""
+    is left alone. Whoever enters the record's site's records may (no acting user: the
+    system)."""
+    _require_role(acting_user, instance.site, DATA_ENTRY_ROLES)
     if instance.status == RecordStatus.LOCKED:
         return []
     changed = []
@@ -547,7 +565,7 @@ def record_recode(instance: models.Model, *, acting_user: User | None,
             term = getattr(instance, term_field, None) if isinstance(instance, model) else None
             if term is None:
                 continue
-            wanted = None if term.unmappable else approved_concept(term)
+            wanted = _current_meaning(term)
             if getattr(instance, f"{concept_field}_id") != (wanted.pk if wanted else None):
                 setattr(instance, concept_field, wanted)
                 changed.append(concept_field)

@@ -1,7 +1,8 @@
 """The data-quality dashboard's checks and runs (after OHDSI's Data Quality Dashboard).
 
 Two families of check, each over a whole record kind read through the bulk reader in one query:
-- the rulebook (registry.rules): every rule whose columns the reader supplies, as a
+- the rulebook (registry.rules): every rule (the reader supplies every column a rule reads,
+  its context joined in SQL; a rule it could not feed is named in the run's message), as a
   plausibility check (hard rules tolerate no failing row; soft rules a few percent);
 - completeness of the key indicators: stage, ECOG, regimen, doses, cycle length, a diagnosis and
   recent follow-up for every patient.

@@ -13,7 +13,16 @@ import pytest
 from django.utils import timezone
 
 from registry.audit import audited_delete, audited_save
-from registry.models import Cycle, Diagnosis, DrugAdministration, FollowUp, TreatmentLine
+from registry.models import (
+    AdverseEvent,
+    Cycle,
+    Diagnosis,
+    DrugAdministration,
+    FollowUp,
+    LabResult,
+    TreatmentLine,
+)
+from registry.rules import allowed_grades_text
 from registry.selectors.bulk import (
     ALL_SITES,
     CONTEXT_COLUMNS,
@@ -106,7 +115,7 @@ def test_chosen_columns_keep_id_and_site(cohort):
     assert list(frame.columns) == ["id", "site_id", "bsa_m2", "ctx_line_start_date"]
 
 
-def test_context_columns(cohort, site_a):
+def test_context_columns(cohort, site_a, alice):
     patient = cohort[0][0]
     diagnosis = Diagnosis.objects.get(patient=patient)
     line = TreatmentLine.objects.get(patient=patient)
@@ -127,6 +136,32 @@ def test_context_columns(cohort, site_a):
     other = cohort[0][1]
     assert pd.isna(drugs.loc[DrugAdministration.objects.get(patient=other).pk,
                              "ctx_death_date"])
+    # The meanings of the words, joined from the concepts: a term's grades and name, a lab's
+    # reference range; an unmapped word has none.
+    event = AdverseEvent.objects.get(patient=patient)
+    unmapped = clinical.adverse_event_record(patient=patient, term="a word nobody mapped",
+                                             grade=2, onset_date=cycle.start_date,
+                                             acting_user=alice)
+    events = records_frame("adverseevent", sites=[site_a.pk]).set_index("id")
+    assert events.loc[event.pk, "ctx_allowed_grades"] == allowed_grades_text(
+        event.ae.allowed_grades()) == "1, 2, 3"
+    assert events.loc[event.pk, "ctx_term"] == event.ae.name_en == "Nausea"
+    assert events.loc[unmapped.pk, "ctx_allowed_grades"] is None
+    assert events.loc[unmapped.pk, "ctx_term"] == unmapped.ae_term.text
+    lab = LabResult.objects.get(patient=patient)
+    labs = records_frame("labresult", sites=[site_a.pk]).set_index("id")
+    assert labs.loc[lab.pk, "ctx_reference_low"] == lab.lab.attributes["reference_low"] == 1.8
+    assert labs.loc[lab.pk, "ctx_reference_high"] == lab.lab.attributes["reference_high"]
+    # The last diagnosis or cycle: the cycle, after the diagnosis.
+    followups = records_frame("followup", sites=[site_a.pk]).set_index("id")
+    assert followups.loc[followup.pk, "ctx_last_event_date"].date() == cycle.start_date
+    # The same context from a snapshot taken now (through the history tables).
+    now = timezone.now()
+    for kind in ("adverseevent", "labresult", "followup"):
+        current = records_frame(kind, sites=[site_a.pk])
+        pd.testing.assert_frame_equal(
+            records_frame(kind, sites=[site_a.pk], as_of=now)[list(CONTEXT_COLUMNS[kind])],
+            current[list(CONTEXT_COLUMNS[kind])])
 
 
 def _with(obj, **values):
@@ -204,3 +239,18 @@ def test_cohort_frame_equals_orm_summaries(cohort, site_a, site_b, alice, bob):
     assert row["last_followup_date"] == row["death_date"]
     assert row["line_count"] == 1
     assert set(cohort_frame(user=bob)["site_id"]) == {site_b.pk}
+
+
+@pytest.mark.parametrize("kind", list(KIND_MODELS))
+def test_patients_narrow_the_rows_and_keep_their_context(kind, cohort, site_a):
+    """One patient's records (a form's recheck) are the whole read's rows of that patient,
+    context included, now and at a snapshot."""
+    patient = cohort[0][1]
+    key = "id" if kind == "patient" else "patient_id"
+    moment = timezone.now()
+    for as_of in (None, moment):
+        whole = records_frame(kind, sites=ALL_SITES, as_of=as_of)
+        narrowed = records_frame(kind, sites=[site_a.pk], patients=[patient.pk], as_of=as_of)
+        expected = whole[whole[key] == patient.pk].reset_index(drop=True)
+        assert len(expected) > 0
+        pd.testing.assert_frame_equal(narrowed, expected)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from registry.audit import system_user
 from registry.errors import NotPermitted
 from registry.models import Concept, DrugAdministration, MappingStatus, SiteTerm, TermMapping
 from registry.services import clinical
@@ -12,6 +13,8 @@ from registry.services.mapping import (
     mapping_approve,
     mapping_reject,
     mapping_review_approve,
+    recode,
+    record_recode,
     term_mark_unmappable,
     term_resolve,
     term_suggestions_store,
@@ -50,10 +53,22 @@ def word(site_a, alice, mona):
     return term
 
 
+def _stale_row(term: SiteTerm) -> DrugAdministration:
+    """The word's stored row, coded with another meaning than the word's (as a locked row a
+    re-code left alone is), so that re-coding it would change it."""
+    row = DrugAdministration.objects.filter(drug_term=term).get()
+    DrugAdministration.objects.filter(pk=row.pk).update(drug=Concept.objects.get(code="L01XA02"))
+    return DrugAdministration.objects.get(pk=row.pk)
+
+
 def _writes(term: SiteTerm, user) -> dict:
     approved = term.mappings.get(status=MappingStatus.APPROVED)
     other = Concept.objects.get(code="L01XA02")
     return {
+        "recode": lambda: recode(term, other, acting_user=user, reason="re-coded"),
+        "recode_to_its_meaning": lambda: recode(term, approved.concept, acting_user=user,
+                                                reason="re-coded"),
+        "record_recode": lambda: record_recode(_stale_row(term), acting_user=user),
         "mapping_approve": lambda: mapping_approve(site_term=term, concept=other,
                                                    acting_user=user),
         "mapping_approve_as_policy": lambda: mapping_approve(
@@ -71,9 +86,12 @@ def _writes(term: SiteTerm, user) -> dict:
 @pytest.mark.parametrize("persona", OUTSIDERS)
 @pytest.mark.parametrize("service", ["mapping_approve", "mapping_approve_as_policy",
                                      "mapping_review_approve", "mapping_reject",
-                                     "term_mark_unmappable", "term_suggestions_store"])
+                                     "term_mark_unmappable", "term_suggestions_store",
+                                     "recode", "recode_to_its_meaning", "record_recode"])
 def test_no_one_outside_the_site_writes_its_mappings(request, word, persona, service):
     user = request.getfixturevalue(persona)
+    if service == "record_recode":
+        _stale_row(word)
     before = _snapshot(word)
     with pytest.raises(NotPermitted):
         _writes(word, user)[service]()
@@ -81,7 +99,7 @@ def test_no_one_outside_the_site_writes_its_mappings(request, word, persona, ser
 
 
 @pytest.mark.parametrize("service", ["mapping_approve", "mapping_review_approve",
-                                     "mapping_reject", "term_mark_unmappable"])
+                                     "mapping_reject", "term_mark_unmappable", "recode"])
 def test_a_clerk_does_not_decide_what_a_word_means(word, alice, service):
     before = _snapshot(word)
     with pytest.raises(NotPermitted):
@@ -113,3 +131,29 @@ def test_a_clerk_codes_a_word_the_sites_policy_approves(site_a, alice):
     mapping = term.mappings.get(status=MappingStatus.APPROVED)
     assert mapping.method == TermMapping.Method.EXACT
     assert TermMapping.history.filter(id=mapping.pk).latest().history_user == alice
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_system_and_the_sites_clerk_recode_to_the_words_meaning(word, alice):
+    """An unattended job (no acting user) re-codes as before; a clerk of the site may bring
+    rows to the meaning the word has (nothing to decide), never to another one."""
+    row = _stale_row(word)
+    version = row.version
+    assert record_recode(row, acting_user=None) == ["drug"]
+    stored = DrugAdministration.objects.get(pk=row.pk)
+    assert stored.drug.code == "L01XA01" and stored.version == version + 1
+    assert stored.history.latest().history_user == system_user()
+
+    row = _stale_row(word)
+    assert record_recode(row, acting_user=alice) == ["drug"]
+    stored = DrugAdministration.objects.get(pk=row.pk)
+    assert stored.drug.code == "L01XA01"
+    assert stored.history.latest().history_user == alice
+
+    _stale_row(word)
+    meaning = word.mappings.get(status=MappingStatus.APPROVED).concept
+    assert recode(word, meaning, acting_user=alice, reason="re-coded").changed == 1
+    assert DrugAdministration.objects.get(pk=row.pk).drug.code == "L01XA01"
+    other = Concept.objects.get(code="L01XA02")
+    assert recode(word, other, acting_user=None, reason="system").changed == 1
+    assert DrugAdministration.objects.get(pk=row.pk).drug == other

@@ -1,3 +1,5 @@
+import inspect
+
 from django.core.management.base import BaseCommand, CommandError
 from django.utils.module_loading import autodiscover_modules
 
@@ -17,6 +19,9 @@ class Command(BaseCommand):
         parser.add_argument("--list", action="store_true")
         parser.add_argument("--rows", type=int,
                             help="rows to work on, for benchmarks that take a count (recode)")
+        parser.add_argument("--samples", type=int,
+                            help="requests per page, for benchmarks that take percentiles "
+                                 "(pages; default and minimum 100)")
         parser.add_argument("--keepdb", action="store_true",
                             help="keep the scratch database and reuse it next time (pages)")
 
@@ -35,10 +40,13 @@ class Command(BaseCommand):
         progress = (lambda m: self.stderr.write(m)) if opts["json"] else self.stdout.write
         try:
             kwargs = {"keepdb": True} if opts["keepdb"] else {}
-            if opts["rows"] is not None:
-                kwargs["rows"] = opts["rows"]
+            for option in ("rows", "samples"):
+                if opts[option] is not None:
+                    if option not in inspect.signature(function).parameters:
+                        raise CommandError(f"benchmark {opts['name']} takes no --{option}.")
+                    kwargs[option] = opts[option]
             figures = function(patients=opts["patients"], progress=progress, **kwargs)
-        except RuntimeError as exc:
+        except (RuntimeError, ValueError) as exc:
             raise CommandError(str(exc)) from exc
         for figure in figures:
             self.stdout.write(figure.as_json() if opts["json"] else figure.as_text())
