@@ -12,7 +12,6 @@ from decimal import Decimal, InvalidOperation
 from types import SimpleNamespace
 
 import pandas as pd
-from django.apps import apps
 from django.contrib.auth.models import User
 from django.db import models, transaction
 from django.db.models import Exists, Max, Min, OuterRef, Subquery
@@ -22,6 +21,7 @@ from django.utils.translation import gettext
 from registry import limits
 from registry.audit import version_bump
 from registry.errors import ErrorCollector, ValidationFailed
+from registry.kinds import KINDS
 from registry.models import (
     AdverseEvent,
     Cycle,
@@ -181,9 +181,9 @@ def _dependants_rechecked(model: type[models.Model], instance: models.Model | No
 
 
 def _record_label(kind: str, pk: int) -> str:
-    """A record as a message names it: its kind and id ("Cycle 12")."""
-    name = str(apps.get_model("registry", kind)._meta.verbose_name)
-    return gettext("%(kind)s %(id)s") % {"kind": name[:1].upper() + name[1:], "id": pk}
+    """A record as a message names it: its kind's label from the catalogue and its id
+    ("Cycle 12", "周期 12")."""
+    return gettext("%(kind)s %(id)s") % {"kind": KINDS[kind].label, "id": pk}
 
 
 def _check_demographics(errors: ErrorCollector, *, site: Site, sex: str, birth_year: int,
