@@ -241,23 +241,31 @@ def site_term_frequencies_refresh_all() -> int:
 
 
 def _import_deltas(model: type[Model], uses: list[tuple[str, str]], batch: ImportBatch,
-                   params: list) -> str:
-    """SQL of (domain, term_id, n) for the rows one import wrote into `model`'s table: from
-    each of its history rows, +1 for the word of each use; from a changed row's version before
-    (the history row just before, by id), -1. Appends its parameters to `params`."""
+                   params: list) -> list[str]:
+    """SQL of (domain, term_id, n) for the rows one import wrote into `model`'s table, from
+    their history rows: each counts for its words, and each row it changed no longer counts
+    for the words of its version before (the row's history row just before). Appends the
+    parameters to `params`."""
     history = model.history.model._meta.db_table
+    written = "h.import_batch_id = %s AND h.site_id = %s"
+    parts = []
+    for domain, column in uses:
+        parts.append(f"SELECT %s::text, h.{column}, COUNT(*) FROM {history} h "  # noqa: S608
+                     f"WHERE {written} GROUP BY h.{column}")
+        params += [domain, batch.pk, batch.site_id]
+    # `history_id + 0`: no index gives that order, so the version before is found by the
+    # index on id among the row's few versions; ordered by history_id itself, a table without
+    # statistics yet (just loaded) may be walked backwards along its primary key instead.
     before = ", ".join(column for _, column in uses)
-    values = ", ".join(f"(%s::text, h.{column}, 1), (%s::text, p.{column}, -1)"
-                       for _, column in uses)
-    for domain, _ in uses:
-        params += [domain, domain]
-    params += [batch.pk, batch.site_id]
-    return (f"SELECT u.domain, u.term_id, u.n FROM {history} h "  # noqa: S608
-            f"LEFT JOIN LATERAL (SELECT {before} FROM {history} q "
-            f"WHERE h.history_type = '~' AND q.id = h.id AND q.history_id < h.history_id "
-            f"ORDER BY q.history_id DESC LIMIT 1) p ON true "
-            f"CROSS JOIN LATERAL (VALUES {values}) u(domain, term_id, n) "
-            f"WHERE h.import_batch_id = %s AND h.site_id = %s")
+    values = ", ".join(f"(%s::text, p.{column})" for _, column in uses)
+    parts.append(f"SELECT u.domain, u.term_id, -1 FROM {history} h "  # noqa: S608
+                 f"CROSS JOIN LATERAL (SELECT {before} FROM {history} q "
+                 f"WHERE q.id = h.id AND q.history_id < h.history_id "
+                 f"ORDER BY q.history_id + 0 DESC LIMIT 1) p "
+                 f"CROSS JOIN LATERAL (VALUES {values}) u(domain, term_id) "
+                 f"WHERE {written} AND h.history_type = '~'")
+    params += [domain for domain, _ in uses] + [batch.pk, batch.site_id]
+    return parts
 
 
 def site_term_frequencies_import_add(*, batch: ImportBatch) -> int:
@@ -275,13 +283,14 @@ def site_term_frequencies_import_add(*, batch: ImportBatch) -> int:
         for model, column in uses:
             by_model.setdefault(model, []).append((domain.value, column))
     params: list = []
-    deltas = " UNION ALL ".join(_import_deltas(model, uses, batch, params)
-                                for model, uses in by_model.items())
+    deltas = " UNION ALL ".join(part for model, uses in by_model.items()
+                                for part in _import_deltas(model, uses, batch, params))
     with connection.cursor() as cursor:
         # Table and column names come from TERM_USES and the models, never from input.
         cursor.execute(
             f"UPDATE registry_siteterm s SET {_FREQUENCY_MOVED} "  # noqa: S608
-            f"FROM (SELECT domain, term_id, SUM(n) AS n FROM ({deltas}) uses "
+            f"FROM (SELECT domain, term_id, SUM(n) AS n "
+            f"FROM ({deltas}) AS uses(domain, term_id, n) "
             f"WHERE term_id IS NOT NULL GROUP BY domain, term_id) d "
             f"WHERE s.id = d.term_id AND s.domain = d.domain AND s.site_id = %s AND d.n <> 0",
             [*params, batch.site_id])
