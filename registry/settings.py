@@ -222,6 +222,8 @@ CELERY_BEAT_SCHEDULE: dict = {
     "import-stale-requeue": {"task": "registry.import_stale_requeue", "schedule": 300.0},
     "quality-run-nightly": {"task": "registry.quality_run_nightly",
                             "schedule": crontab(hour=2, minute=30)},
+    "site-term-frequencies-repair": {"task": "registry.site_term_frequencies_repair",
+                                     "schedule": crontab(hour=3, minute=30)},
 }
 
 REST_FRAMEWORK = {

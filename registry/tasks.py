@@ -15,7 +15,10 @@ from registry.services.imports import (
     import_uploads_purge,
 )
 from registry.services.quality import quality_run_execute, quality_run_nightly
-from registry.services.terminology import site_term_frequencies_refresh
+from registry.services.terminology import (
+    site_term_frequencies_refresh,
+    site_term_frequencies_refresh_all,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -23,6 +26,13 @@ logger = logging.getLogger(__name__)
 @shared_task(name="registry.site_term_frequencies_refresh")
 def site_term_frequencies_refresh_task(site_id: int) -> int:
     return site_term_frequencies_refresh(site_id=site_id)
+
+
+@shared_task(name="registry.site_term_frequencies_repair")
+def site_term_frequencies_repair_task() -> int:
+    """Recount every site's term frequencies: imports keep them up to date as they go, the
+    nightly recount also counts the rows entered in forms."""
+    return site_term_frequencies_refresh_all()
 
 
 class _ImportTask(Task):
@@ -50,8 +60,6 @@ def extract_import_task(batch_id: int) -> str:
     batch = batch_run(batch_id=batch_id)
     if batch is None:
         return "running elsewhere"
-    if batch.status == ImportBatch.Status.IMPORTED:
-        site_term_frequencies_refresh(site_id=batch.site_id)
     return batch.status
 
 

@@ -11,9 +11,9 @@ import secrets
 from django.db import models
 from django.db.models import F, Q
 from django.utils.translation import gettext_lazy as _
-from simple_history.models import HistoricalRecords
 
 from registry import limits as L
+from registry.models.history import WORD_HISTORY_INDEXED, history_records
 from registry.models.organisation import Department, Site
 from registry.models.terminology import Concept, SiteTerm
 
@@ -88,7 +88,7 @@ class Patient(SiteOwned):
     last_followup_date = models.DateField(null=True, blank=True, editable=False)
     followup_closed = models.BooleanField(default=False, editable=False)
 
-    history = HistoricalRecords(excluded_fields=["last_followup_date", "followup_closed"])
+    history = history_records(excluded_fields=["last_followup_date", "followup_closed"])
 
     class Meta:
         ordering = ["registry_id"]
@@ -141,7 +141,7 @@ class Diagnosis(SiteOwned):
     ecog = models.PositiveSmallIntegerField(null=True, blank=True)
     biomarkers = models.JSONField(default=dict, blank=True)
 
-    history = HistoricalRecords()
+    history = history_records(indexed=WORD_HISTORY_INDEXED)
 
     class Meta:
         ordering = ["patient_id", "diagnosis_date"]
@@ -178,7 +178,7 @@ class TreatmentLine(SiteOwned):
     start_date = models.DateField()
     end_date = models.DateField(null=True, blank=True)
 
-    history = HistoricalRecords()
+    history = history_records(indexed=WORD_HISTORY_INDEXED)
 
     class Meta:
         ordering = ["patient_id", "line_no"]
@@ -205,7 +205,7 @@ class Cycle(SiteOwned):
         max_digits=L.BSA_MAX_DIGITS, decimal_places=L.BSA_DECIMAL_PLACES, null=True, blank=True
     )
 
-    history = HistoricalRecords()
+    history = history_records()
 
     class Meta:
         ordering = ["line_id", "cycle_no"]
@@ -264,7 +264,7 @@ class DrugAdministration(SiteOwned):
         max_length=L.CHOICE_MAX_LENGTH, choices=Purpose.choices, default=Purpose.ANTINEOPLASTIC
     )
 
-    history = HistoricalRecords()
+    history = history_records(indexed=WORD_HISTORY_INDEXED)
 
     class Meta:
         ordering = ["cycle_id", "day", "id"]
@@ -298,7 +298,7 @@ class AdverseEvent(SiteOwned):
         Cycle, on_delete=models.SET_NULL, null=True, blank=True, related_name="adverse_events"
     )
 
-    history = HistoricalRecords()
+    history = history_records(indexed=WORD_HISTORY_INDEXED)
 
     class Meta:
         ordering = ["patient_id", "onset_date"]
@@ -360,7 +360,7 @@ class LabResult(SiteOwned):
         Cycle, on_delete=models.SET_NULL, null=True, blank=True, related_name="labs"
     )
 
-    history = HistoricalRecords()
+    history = history_records(indexed=WORD_HISTORY_INDEXED)
 
     class Meta:
         ordering = ["patient_id", "collected_date"]
@@ -398,7 +398,7 @@ class FollowUp(SiteOwned):
     ecog = models.PositiveSmallIntegerField(null=True, blank=True)
     cause_of_death = models.CharField(max_length=L.CAUSE_OF_DEATH_MAX_LENGTH, blank=True)
 
-    history = HistoricalRecords()
+    history = history_records()
 
     class Meta:
         ordering = ["patient_id", "followup_date"]

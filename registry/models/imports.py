@@ -3,8 +3,8 @@
 from django.conf import settings
 from django.db import models
 from django.utils.translation import gettext_lazy as _
-from simple_history.models import HistoricalRecords
 
+from registry.models.history import history_records
 from registry.models.organisation import Site
 from registry.storage import import_storage
 
@@ -46,7 +46,7 @@ class ImportBatch(models.Model):
     errors = models.JSONField(default=list, blank=True)  # [{file, row, column, value, message}]
     unmapped = models.JSONField(default=list, blank=True)  # [{domain, text, rows, suggestions}]
 
-    history = HistoricalRecords()
+    history = history_records()
 
     class Meta:
         ordering = ["-created_at"]

@@ -4,7 +4,8 @@ from django.conf import settings
 from django.db import models
 from django.db.models import Q
 from django.utils.translation import gettext_lazy as _
-from simple_history.models import HistoricalRecords
+
+from registry.models.history import history_records
 
 
 class Role(models.TextChoices):
@@ -44,7 +45,7 @@ class Site(models.Model):
     keep_uploads_days = models.PositiveSmallIntegerField(default=0)
     created_at = models.DateTimeField(auto_now_add=True)
 
-    history = HistoricalRecords()
+    history = history_records()
 
     class Meta:
         ordering = ["code"]
@@ -60,7 +61,7 @@ class Department(models.Model):
     site = models.ForeignKey(Site, on_delete=models.PROTECT, related_name="departments")
     name = models.CharField(max_length=200)
 
-    history = HistoricalRecords()
+    history = history_records()
 
     class Meta:
         ordering = ["site", "name"]
@@ -85,7 +86,7 @@ class Membership(models.Model):
     is_active = models.BooleanField(default=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
-    history = HistoricalRecords()
+    history = history_records()
 
     class Meta:
         ordering = ["user", "role", "site"]

@@ -4,9 +4,9 @@ from django.conf import settings
 from django.db import models
 from django.db.models import Q
 from django.utils.translation import gettext_lazy as _
-from simple_history.models import HistoricalRecords
 
 from registry import limits as L
+from registry.models.history import history_records
 from registry.models.organisation import Site
 
 
@@ -27,7 +27,7 @@ class Vocabulary(models.Model):
     name = models.CharField(max_length=L.VOCABULARY_NAME_MAX_LENGTH)
     version = models.CharField(max_length=L.VOCABULARY_VERSION_MAX_LENGTH, blank=True)
 
-    history = HistoricalRecords()
+    history = history_records()
 
     class Meta:
         ordering = ["code"]
@@ -54,7 +54,7 @@ class Concept(models.Model):
     omop_concept_id = models.BigIntegerField(null=True, blank=True, unique=True)
     is_active = models.BooleanField(default=True)
 
-    history = HistoricalRecords()
+    history = history_records()
 
     class Meta:
         ordering = ["vocabulary", "code"]
@@ -75,7 +75,7 @@ class ConceptSynonym(models.Model):
     name = models.CharField(max_length=L.CONCEPT_NAME_MAX_LENGTH)
     language = models.CharField(max_length=L.LANGUAGE_CODE_MAX_LENGTH, default="en")
 
-    history = HistoricalRecords()
+    history = history_records()
 
     class Meta:
         constraints = [
@@ -96,7 +96,7 @@ class UnitConversion(models.Model):
     to_unit = models.ForeignKey(Concept, on_delete=models.CASCADE, related_name="+")
     factor = models.FloatField()
 
-    history = HistoricalRecords()
+    history = history_records()
 
     class Meta:
         constraints = [
@@ -127,7 +127,7 @@ class SiteTerm(models.Model):
     unmappable = models.BooleanField(default=False)
     created_at = models.DateTimeField(auto_now_add=True)
 
-    history = HistoricalRecords()
+    history = history_records()
 
     class Meta:
         ordering = ["site", "domain", "text"]
@@ -173,7 +173,7 @@ class TermMapping(models.Model):
     reviewed_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
-    history = HistoricalRecords()
+    history = history_records()
 
     class Meta:
         constraints = [

@@ -4,10 +4,10 @@ from django.conf import settings
 from django.db import models
 from django.db.models import Q
 from django.utils.translation import gettext_lazy as _
-from simple_history.models import HistoricalRecords
 
 from registry import limits as L
 from registry.models.clinical import Patient
+from registry.models.history import history_records
 from registry.models.organisation import Site
 
 
@@ -44,7 +44,7 @@ class DataQuery(models.Model):
     )
     closed_at = models.DateTimeField(null=True, blank=True)
 
-    history = HistoricalRecords()
+    history = history_records()
 
     class Meta:
         ordering = ["-opened_at"]

@@ -77,7 +77,8 @@ from registry.services.organisation import require_site_role
 from registry.services.terminology import (
     convert_to_canonical,
     lab_canonical,
-    site_term_frequencies_refresh,
+    site_term_frequencies_import_add,
+    site_term_frequencies_waiting_move,
 )
 from registry.services.workflow import queries_open_bulk
 
@@ -122,7 +123,11 @@ def batch_status_set(batch: ImportBatch, *, status: str, acting_user: User | Non
         batch.stage = str(batch.get_status_display())
     if status in ENDED and batch.upload.name and not batch.site.keep_uploads_days:
         _upload_delete(batch)
-    return audited_save(batch, acting_user=acting_user, reason=reason)
+    was = ImportBatch.objects.filter(pk=batch.pk).values_list("status", "unmapped").first()
+    with transaction.atomic():
+        audited_save(batch, acting_user=acting_user, reason=reason)
+        site_term_frequencies_waiting_move(batch=batch, was=was)  # the review queue's order
+    return batch
 
 
 def _upload_delete(batch: ImportBatch) -> None:
@@ -289,12 +294,8 @@ def _import(batch: ImportBatch, progress: Callable[[str], None]) -> ImportBatch:
         _progress(batch, 40, "resolving local words", progress)
         concepts, unmapped = _resolve(files, site, user, dry_run=batch.dry_run)
         if unmapped:
-            batch = _finish(batch, progress, ImportBatch.Status.NEEDS_MAPPING,
-                            unmapped=unmapped)
-            if not batch.dry_run:
-                # The review queue orders the waiting words by the rows that wait for them.
-                site_term_frequencies_refresh(site_id=site.pk)
-            return batch
+            return _finish(batch, progress, ImportBatch.Status.NEEDS_MAPPING,
+                           unmapped=unmapped)
         problems = _check_rules(files, concepts, soft)
         if problems:
             raise _Refused(problems)
@@ -303,6 +304,7 @@ def _import(batch: ImportBatch, progress: Callable[[str], None]) -> ImportBatch:
         _progress(batch, 60, "writing", progress)
         with transaction.atomic():
             counts = _Writer(batch, files, concepts, soft).write()
+            site_term_frequencies_import_add(batch=batch)
         return _finish(batch, progress, ImportBatch.Status.IMPORTED, counts=counts)
     except ExtractRefused as exc:
         return _finish(batch, progress, ImportBatch.Status.FAILED, errors=[

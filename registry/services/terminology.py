@@ -7,6 +7,7 @@ from pathlib import Path
 
 from django.contrib.auth.models import User
 from django.db import connection, transaction
+from django.db.models import Model
 
 from registry.audit import audited_save
 from registry.errors import ValidationFailed
@@ -171,23 +172,35 @@ def starter_vocabulary_load(*, acting_user: User | None = None, path: Path | Non
 
 
 # Which clinical columns point at a site term, per domain: the uses a term's frequency counts.
-TERM_USES = {domain: [(kind.table, word.term_column) for kind, word in word_uses(domain)]
-             for domain in Domain}
+TERM_USES: dict[str, list[tuple[type[Model], str]]] = {
+    domain: [(kind.model, word.term_column) for kind, word in word_uses(domain)]
+    for domain in Domain}
+
+# A frequency moved by a change never goes below zero: rows entered in forms are counted only
+# by the full recount, so a count an import lowers may have started below the truth.
+_FREQUENCY_MOVED = "frequency = GREATEST(s.frequency + d.n, 0)"
 
 
 def site_term_frequencies_refresh(*, site_id: int) -> int:
     """Recount how many rows use each of the site's terms: stored rows (set-based, one UPDATE
     per use) and the rows of its imports waiting for a mapping. Frequencies order the mapping
-    review queue; they are derived data, not audited."""
+    review queue; they are derived data, not audited.
+
+    Imports keep the counts up to date as they go (`site_term_frequencies_import_add`,
+    `site_term_frequencies_waiting_move`); this full recount, proportional to the site's
+    stored rows, is the repair (nightly, `site_term_frequencies_refresh_all`) that also counts
+    what forms entered. Its first statement locks the site's terms, so an import adding to
+    them waits for it or is waited for, and nothing is counted twice or lost."""
     updated = 0
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute("UPDATE registry_siteterm SET frequency = 0 WHERE site_id = %s", [site_id])
         for domain, uses in TERM_USES.items():
-            for table, column in uses:
+            for model, column in uses:
                 # Table and column names come from the constant above, never from input.
                 cursor.execute(
                     f"UPDATE registry_siteterm SET frequency = frequency + counts.n "  # noqa: S608
-                    f"FROM (SELECT {column} AS term_id, COUNT(*) AS n FROM {table} "
+                    f"FROM (SELECT {column} AS term_id, COUNT(*) AS n "
+                    f"FROM {model._meta.db_table} "
                     f"WHERE site_id = %s AND {column} IS NOT NULL GROUP BY {column}) counts "
                     f"WHERE registry_siteterm.id = counts.term_id "
                     f"AND registry_siteterm.domain = %s",
@@ -210,3 +223,98 @@ def site_term_frequencies_refresh(*, site_id: int) -> int:
                 [(rows, site_id, domain, text) for (domain, text), rows in pending.items()])
             updated += len(pending)
     return updated
+
+
+def site_term_frequencies_refresh_all() -> int:
+    """The full recount of every site, each in its own transaction (the nightly repair)."""
+    return sum(site_term_frequencies_refresh(site_id=site_id)
+               for site_id in Site.objects.order_by("pk").values_list("pk", flat=True))
+
+
+def _import_deltas(model: type[Model], uses: list[tuple[str, str]], batch: ImportBatch,
+                   params: list) -> list[str]:
+    """SQL of (domain, term_id, n) for the rows one import wrote into `model`'s table, from
+    their history rows: each counts for its words, and each row it changed no longer counts
+    for the words of its version before (the row's history row just before). Appends the
+    parameters to `params`."""
+    history = model.history.model._meta.db_table
+    written = "h.import_batch_id = %s AND h.site_id = %s"
+    parts = []
+    for domain, column in uses:
+        parts.append(f"SELECT %s::text, h.{column}, COUNT(*) FROM {history} h "  # noqa: S608
+                     f"WHERE {written} GROUP BY h.{column}")
+        params += [domain, batch.pk, batch.site_id]
+    # `history_id + 0`: no index gives that order, so the version before is found by the
+    # index on id among the row's few versions; ordered by history_id itself, a table without
+    # statistics yet (just loaded) may be walked backwards along its primary key instead.
+    before = ", ".join(column for _, column in uses)
+    values = ", ".join(f"(%s::text, p.{column})" for _, column in uses)
+    parts.append(f"SELECT u.domain, u.term_id, -1 FROM {history} h "  # noqa: S608
+                 f"CROSS JOIN LATERAL (SELECT {before} FROM {history} q "
+                 f"WHERE q.id = h.id AND q.history_id < h.history_id "
+                 f"ORDER BY q.history_id + 0 DESC LIMIT 1) p "
+                 f"CROSS JOIN LATERAL (VALUES {values}) u(domain, term_id) "
+                 f"WHERE {written} AND h.history_type = '~'")
+    params += [domain for domain, _ in uses] + [batch.pk, batch.site_id]
+    return parts
+
+
+def site_term_frequencies_import_add(*, batch: ImportBatch) -> int:
+    """Add to the site's term frequencies what one import wrote, in the import's transaction
+    (after its rows and their history rows are written): each created row counts for its
+    words, each changed row for its words now and no longer for those of its version before.
+
+    One UPDATE, proportional to the rows the import wrote (its history rows, found by the
+    history tables' index on import_batch, and each changed row's version before by id), not
+    to the rows the site holds; the counts are those a full recount
+    (`site_term_frequencies_refresh`) gives when they were right before. Returns the number
+    of terms whose frequency moved."""
+    by_model: dict[type[Model], list[tuple[str, str]]] = {}
+    for domain, uses in TERM_USES.items():
+        for model, column in uses:
+            by_model.setdefault(model, []).append((domain.value, column))
+    params: list = []
+    deltas = " UNION ALL ".join(part for model, uses in by_model.items()
+                                for part in _import_deltas(model, uses, batch, params))
+    with connection.cursor() as cursor:
+        # Table and column names come from TERM_USES and the models, never from input.
+        cursor.execute(
+            f"UPDATE registry_siteterm s SET {_FREQUENCY_MOVED} "  # noqa: S608
+            f"FROM (SELECT domain, term_id, SUM(n) AS n "
+            f"FROM ({deltas}) AS uses(domain, term_id, n) "
+            f"WHERE term_id IS NOT NULL GROUP BY domain, term_id) d "
+            f"WHERE s.id = d.term_id AND s.domain = d.domain AND s.site_id = %s AND d.n <> 0",
+            [*params, batch.site_id])
+        return cursor.rowcount
+
+
+def _waiting(status: str | None, unmapped: list[dict] | None) -> list[dict]:
+    return (unmapped or []) if status == ImportBatch.Status.NEEDS_MAPPING else []
+
+
+def site_term_frequencies_waiting_move(*, batch: ImportBatch,
+                                       was: tuple[str, list[dict]] | None) -> int:
+    """Keep the rows an import waits for counted on their words: while a batch is in "needs
+    mapping", each word it waits for counts the rows waiting for it; when the batch changes
+    (resumed, failed, imported, or waiting for other words) the difference moves, in one
+    UPDATE. `was` is the batch's (status, unmapped) before the change (None for a new batch).
+    Called with the status change, in its transaction."""
+    if batch.dry_run:
+        return 0
+    moves: dict[tuple[str, str], int] = {}
+    for sign, words in ((-1, _waiting(*(was or (None, None)))),
+                        (1, _waiting(batch.status, batch.unmapped))):
+        for word in words:
+            key = (word["domain"], word["text"])
+            moves[key] = moves.get(key, 0) + sign * int(word["rows"])
+    moves = {key: n for key, n in moves.items() if n}
+    if not moves:
+        return 0
+    domains, texts = zip(*moves, strict=True)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE registry_siteterm s SET {_FREQUENCY_MOVED} "  # noqa: S608
+            "FROM unnest(%s::text[], %s::text[], %s::int[]) AS d(domain, text, n) "
+            "WHERE s.site_id = %s AND s.domain = d.domain AND s.text = d.text",
+            [list(domains), list(texts), list(moves.values()), batch.site_id])
+        return cursor.rowcount

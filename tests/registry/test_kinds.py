@@ -83,7 +83,7 @@ def test_derived_lists_follow_the_catalogue():
     uses = {(m, t) for domain_uses in mapping.USES.values() for m, t, _ in domain_uses}
     assert uses == {(k.model, w.term) for k in CATALOGUE for w in k.words}
     tables = {u for domain_uses in terminology.TERM_USES.values() for u in domain_uses}
-    assert tables == {(k.table, w.term_column) for k in CATALOGUE for w in k.words}
+    assert tables == {(k.model, w.term_column) for k in CATALOGUE for w in k.words}
 
 
 def test_every_record_kind_has_a_form_and_every_rule_a_kind():

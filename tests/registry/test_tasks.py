@@ -221,7 +221,8 @@ def test_a_whole_worker_killed_mid_import_leaves_a_batch_the_sweep_runs_again(
 
 def test_beat_schedules_the_upload_purge_and_the_stale_sweep(settings):
     schedule = {entry["task"] for entry in settings.CELERY_BEAT_SCHEDULE.values()}
-    assert {"registry.import_uploads_purge", "registry.import_stale_requeue"} <= schedule
+    assert {"registry.import_uploads_purge", "registry.import_stale_requeue",
+            "registry.site_term_frequencies_repair"} <= schedule
     assert schedule <= set(app.tasks)
 
 

@@ -10,7 +10,6 @@ from registry.errors import RegistryError
 from registry.extracts import PROBLEM_COLUMNS
 from registry.models import ImportBatch, Site
 from registry.services.imports import batch_create, extract_import
-from registry.services.terminology import site_term_frequencies_refresh
 
 EXIT_ERRORS = 2
 EXIT_NEEDS_MAPPING = 3
@@ -52,8 +51,6 @@ class Command(BaseCommand):
             batch = extract_import(batch, progress=self.stderr.write)
         except RegistryError as error:  # e.g. a worker is running this batch now
             raise CommandError(error.summary()) from None
-        if batch.status == ImportBatch.Status.IMPORTED:
-            site_term_frequencies_refresh(site_id=batch.site_id)
         self.stdout.write(f"import {batch.pk}: {batch.get_status_display()}")
         for table, counts in batch.counts.items():
             self.stdout.write(f"  {table:<16} " + ", ".join(f"{k} {v:,}"
