@@ -224,6 +224,7 @@ def _context_sql(kind: str, wanted: Sequence[str], *, as_of, sites, params: list
     patient_key = "r.id" if kind == "patient" else "r.patient_id"
     specs: dict[str, tuple[type[models.Model], list[str], bool]] = {}
     joins, selects, keys = [], [], []
+    derived: dict[str, str] = {}  # CTEs computed from the CTEs above, once per row of theirs
 
     def cte(name: str, model, columns, scoped: bool = True) -> None:
         """Read `model`'s `columns` as CTE `name` (defined once, with every column asked);
@@ -278,8 +279,9 @@ def _context_sql(kind: str, wanted: Sequence[str], *, as_of, sites, params: list
     # the site's own words: a word not mapped yet has no grades and no reference range.
     if {"ctx_allowed_grades", "ctx_term"} & set(wanted):
         cte("ctx_ae", Concept, ["id", "name_en", "attributes"], scoped=False)
-        joins.append("LEFT JOIN (SELECT id, name_en, "  # noqa: S608
-                     f"{_ALLOWED_GRADES} AS grades FROM ctx_ae) ctx_aec ON ctx_aec.id = r.ae_id")
+        # Worked out once per concept (materialised), not once per event.
+        derived["ctx_aec"] = f"SELECT id, name_en, {_ALLOWED_GRADES} AS grades FROM ctx_ae"  # noqa: S608
+        joins.append("LEFT JOIN ctx_aec ON ctx_aec.id = r.ae_id")
         keys.append("ae_id")
         if "ctx_allowed_grades" in wanted:
             selects.append("ctx_aec.grades AS ctx_allowed_grades")
@@ -290,17 +292,20 @@ def _context_sql(kind: str, wanted: Sequence[str], *, as_of, sites, params: list
             selects.append("coalesce(ctx_aec.name_en, ctx_t.text) AS ctx_term")
     if {"ctx_reference_low", "ctx_reference_high"} & set(wanted):
         cte("ctx_lab", Concept, ["id", "attributes"], scoped=False)
-        joins.append("LEFT JOIN ctx_lab ON ctx_lab.id = r.lab_id")
+        # Worked out once per concept (materialised), not once per lab value.
+        low, high = (_json_number("attributes", f"reference_{b}") for b in ("low", "high"))
+        derived["ctx_labr"] = f"SELECT id, {low} AS low, {high} AS high FROM ctx_lab"  # noqa: S608
+        joins.append("LEFT JOIN ctx_labr ON ctx_labr.id = r.lab_id")
         keys.append("lab_id")
         for bound in ("low", "high"):
             if f"ctx_reference_{bound}" in wanted:
-                selects.append(f"{_json_number('ctx_lab.attributes', 'reference_' + bound)} "
-                               f"AS ctx_reference_{bound}")
+                selects.append(f"ctx_labr.{bound} AS ctx_reference_{bound}")
     ctes = []
     for name, (model, columns, scoped) in specs.items():
         body = _snapshot(model, columns, as_of=as_of, params=params,
                          sites=sites if scoped else None, patients=patients if scoped else None)
         ctes.append(f"{name} AS ({body})")
+    ctes += [f"{name} AS MATERIALIZED ({body})" for name, body in derived.items()]
     return ctes, joins, selects, keys
 
 
