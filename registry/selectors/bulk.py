@@ -174,28 +174,43 @@ def _snapshot(model: type[models.Model], columns: Iterable[str], *, as_of, sites
     return sql + (" WHERE " + " AND ".join(where) if where else "")
 
 
+# How each type crosses the wire: dates as days since 1970, times as microseconds (exact in a
+# float64 until the year 2255), booleans as 0/1,
+# so pandas parses numbers (fast, in C) instead of text it must then convert.
+_WIRE = {
+    "date": "(q.\"{c}\" - DATE '1970-01-01')",
+    "datetime": "(extract(epoch FROM q.\"{c}\") * 1000000)::bigint",
+    "bool": "q.\"{c}\"::int",
+}
+
+
 def _copy_frame(sql: str, params: Sequence, types: dict[str, str]) -> pd.DataFrame:
-    """Run `sql` through COPY TO STDOUT (streamed in chunks) and read it with pandas."""
+    """Run `sql` (its rows in their order) through COPY TO STDOUT and read it with pandas."""
     connection.ensure_connection()
     buffer = io.BytesIO()
+    outer = ", ".join(
+        f'{_WIRE[kind].format(c=name)} AS "{name}"' if kind in _WIRE else f'q."{name}"'
+        for name, kind in types.items())
+    sql = f"SELECT {outer} FROM ({sql}) q"  # noqa: S608 (names from the models, never input)
     with connection.connection.cursor() as cursor:
         statement = f"COPY ({sql}) TO STDOUT WITH (FORMAT csv, HEADER, NULL '{_NULL}')"
         with cursor.copy(statement, params) as copy:
             for chunk in copy:
                 buffer.write(chunk)
     buffer.seek(0)
-    read_types = {name: (object if kind in {"text", "bool", "date", "datetime"} else
-                         "Int64" if kind == "int" else "float64")
-                  for name, kind in types.items()}
+    # Numbers are parsed as float64 (pandas' fast path) and integers made Int64 after.
+    read_types = {name: object if kind == "text" else "float64" for name, kind in types.items()}
     frame = pd.read_csv(buffer, dtype=read_types, na_values=[_NULL], keep_default_na=False,
                         engine="c")
     for name, kind in types.items():
-        if kind == "date":
-            frame[name] = frame[name].astype("datetime64[s]")
+        if kind == "int":
+            frame[name] = frame[name].astype("Int64")
+        elif kind == "date":
+            frame[name] = pd.to_datetime(frame[name], unit="D").astype("datetime64[s]")
         elif kind == "datetime":
-            frame[name] = pd.to_datetime(frame[name], utc=True, format="ISO8601")
+            frame[name] = pd.to_datetime(frame[name].astype("Int64"), unit="us", utc=True)
         elif kind == "bool":
-            frame[name] = frame[name].map({"t": True, "f": False}).astype("boolean")
+            frame[name] = frame[name].map({1.0: True, 0.0: False}).astype("boolean")
         elif kind == "text":  # NULL is None, "" stays ""
             frame[name] = frame[name].where(frame[name].notna(), None)
     return frame
