@@ -58,9 +58,10 @@ ROC_POINTS = 101
 ACTIVE = (TrainingRun.Status.QUEUED, TrainingRun.Status.RUNNING)
 
 
-def training_run_request(*, trigger: str, acting_user: User | None = None) -> TrainingRun:
-    """Queue a training run (the task is sent after the commit); a run already queued or
-    running is returned instead of a second one."""
+def training_run_request(*, trigger: str, acting_user: User | None = None,
+                         queue: bool = True) -> TrainingRun:
+    """Queue a training run (the task is sent after the commit; `queue=False`: the caller runs
+    it in process); a run already queued or running is returned instead of a second one."""
     with transaction.atomic():
         active = (TrainingRun.objects.select_for_update()
                   .filter(status__in=ACTIVE).order_by("created_at").first())
@@ -68,7 +69,8 @@ def training_run_request(*, trigger: str, acting_user: User | None = None) -> Tr
             return active
         run = TrainingRun.objects.create(trigger=trigger, requested_by=acting_user,
                                          log=_line(f"queued ({trigger})"))
-        transaction.on_commit(lambda: _queue(run.pk))
+        if queue:
+            transaction.on_commit(lambda: _queue(run.pk))
     return run
 
 
@@ -255,6 +257,27 @@ def json_safe(value):
     if isinstance(value, np.integer):
         return int(value)
     return value
+
+
+JSON_KEYS = ("algorithm", "version", "loso_auroc", "loso_auroc_ci", "brier",
+             "calibration_slope", "calibration_intercept", "e_avg")
+PER_SITE_KEYS = ("site", "events", "auroc", "ci")
+
+
+def version_summary(version: ModelVersion) -> dict:
+    """The version as `train_models --json` prints it: exactly the documented keys (each
+    candidate with the same keys as the champion; "version" is this version's number for the
+    chosen candidate and null for the others)."""
+    def keyed(figures: dict, number: int | None) -> dict:
+        return {k: number if k == "version" else figures.get(k) for k in JSON_KEYS}
+
+    return {
+        "risk_model": version.risk_model, "cycles": version.cycles, "events": version.events,
+        "champion": keyed(version.metrics, version.number),
+        "candidates": [keyed(c, version.number if c.get("chosen") else None)
+                       for c in version.candidates],
+        "per_site": [{k: row.get(k) for k in PER_SITE_KEYS} for row in version.per_site],
+    }
 
 
 def _version_from(result: TrainingResult, files: dict, run: TrainingRun) -> ModelVersion:
