@@ -194,17 +194,18 @@ def promotion_judge(version: ModelVersion, champion: ModelVersion | None, *,
 def promotion_apply(version: ModelVersion, *, holdout: pd.DataFrame | None = None
                     ) -> PromotionCheck:
     """Judge a new version, keep the verdict, and move the champion to it when the rule says
-    so (the caller's transaction)."""
-    champion = champion_of(version.risk_model)
-    verdict = promotion_judge(version, champion, holdout=holdout)
-    check = PromotionCheck.objects.create(version=version, against=champion,
-                                          promoted=verdict.promoted, reasons=verdict.reasons,
-                                          figures=verdict.figures)
-    if verdict.promoted:
-        reason = ("First calibrated version." if champion is None else
-                  f"Not worse than v{champion.number} on the shared cycles, calibrated.")
-        _alias_move(version.risk_model, version, kind=AliasMove.Kind.AUTOMATIC,
-                    acting_user=None, reason=reason, metrics=verdict.figures)
+    so (atomic; inside the training run's final transaction)."""
+    with transaction.atomic():
+        champion = champion_of(version.risk_model)
+        verdict = promotion_judge(version, champion, holdout=holdout)
+        check = PromotionCheck.objects.create(version=version, against=champion,
+                                              promoted=verdict.promoted,
+                                              reasons=verdict.reasons, figures=verdict.figures)
+        if verdict.promoted:
+            reason = ("First calibrated version." if champion is None else
+                      f"Not worse than v{champion.number} on the shared cycles, calibrated.")
+            _alias_move(version.risk_model, version, kind=AliasMove.Kind.AUTOMATIC,
+                        acting_user=None, reason=reason, metrics=verdict.figures)
     return check
 
 
