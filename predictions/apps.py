@@ -6,6 +6,8 @@ class PredictionsConfig(AppConfig):
     verbose_name = "Predictions"
 
     def ready(self) -> None:
+        # The tasks are registered with Celery in every process (beat names them by string).
+        import predictions.tasks  # noqa: F401
         from predictions.receivers import rescore_changed_records
         from registry.signals import records_changed
 
