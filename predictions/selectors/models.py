@@ -17,8 +17,9 @@ from django.http import Http404
 
 from predictions.ml.definitions import DEFINITIONS, RiskModelDefinition
 from predictions.models import Alias, AliasMove, ModelVersion, RiskScore, TrainingRun
-from registry import access
+from registry import access, limits
 from registry.models import Cycle, Patient, Role, Site
+from registry.views.common import MAX_ID
 
 MODEL_PAGE_ROLES = frozenset({Role.ADMIN, Role.MONITOR, Role.INVESTIGATOR})
 RECENT_RUNS = 10
@@ -40,6 +41,8 @@ def risk_model_access(user, name: str) -> RiskModelDefinition:
 
 def version_access(user, name: str, number: int) -> ModelVersion:
     risk_model_access(user, name)
+    if number > limits.VERSION_MAX:
+        raise Http404("No such model version.")
     version = (ModelVersion.objects.select_related("training_run")
                .filter(risk_model=name, number=number).first())
     if version is None:
@@ -49,7 +52,7 @@ def version_access(user, name: str, number: int) -> ModelVersion:
 
 def run_access(user, run_id: int) -> TrainingRun:
     models_page_access(user)
-    run = TrainingRun.objects.filter(pk=run_id).first()
+    run = TrainingRun.objects.filter(pk=run_id).first() if run_id <= MAX_ID else None
     if run is None:
         raise Http404("No such training run.")
     return run

@@ -82,11 +82,12 @@ def _queue(run_id: int) -> None:
 
 def cohort_growth_check() -> TrainingRun | None:
     """Queue a run when the cohort has grown by GROWTH_FACTOR since a champion's training
-    snapshot (or there is no champion yet but there are cycles)."""
+    snapshot (without a champion: since the latest version; without any version: when there
+    are cycles at all)."""
     cycles = Cycle.objects.count()
     for name in DEFINITIONS:
-        champion = champion_of(name)
-        baseline = champion.cycles if champion else 0
+        reference = champion_of(name) or ModelVersion.objects.filter(risk_model=name).first()
+        baseline = reference.cycles if reference else 0
         if cycles and cycles >= GROWTH_FACTOR * baseline:
             return training_run_request(trigger=TrainingRun.Trigger.GROWTH)
     return None

@@ -132,3 +132,21 @@ def test_train_now_is_the_admins_and_queues_one_run(client, models_world, ada):
     assert (run.trigger, run.requested_by) == ("manual", ada)
     assert client.post("/models/train/").status_code == 302  # the queued run again, not a new one
     assert TrainingRun.objects.count() == 2
+
+
+def test_numbers_no_row_can_have_are_a_404(client, models_world):
+    _login(client, "ada")
+    for url in ["/models/cinv/v" + "9" * 40 + "/", "/models/runs/" + "9" * 40 + "/"]:
+        assert client.get(url).status_code == 404, url
+
+
+def test_every_key_the_definitions_use_has_a_translated_label():
+    from predictions import labels
+    from predictions.ml.definitions import DEFINITIONS
+
+    for name, definition in DEFINITIONS.items():
+        assert name in labels.RISK_MODEL_LABELS and name in labels.TARGET_LABELS
+        assert set(definition.features) <= set(labels.FEATURE_LABELS), name
+        for tier in definition.tiers:
+            assert (name, tier.key) in labels.TIER_LABELS
+            assert tier.action in labels.ACTION_LABELS

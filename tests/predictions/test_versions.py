@@ -190,3 +190,23 @@ def test_files_no_version_names_are_purged_once_old(world):
     assert orphan_files_purge() == 1
     assert not storage.exists(orphan)
     assert storage.exists(kept.artifact) and storage.exists(kept.holdout)
+
+
+def test_a_grown_cohort_queues_one_run(vocabulary, site_a, alice):
+    from predictions.models import TrainingRun
+    from predictions.services.training import cohort_growth_check
+    from tests.registry import factories as registry_factories
+
+    assert cohort_growth_check() is None  # no cycle at all: nothing to train on
+    for _ in range(10):
+        registry_factories.full_record(site_a, alice)  # one cycle each
+    y, risk, rng = factories.outcomes(10)
+    trained = factories.version(y=y, p=risk)  # trained on 10 cycles: not grown
+    v.promotion_apply(trained)
+    factories.version("neutropenia", y=y, p=risk)  # no champion: its latest version counts
+    assert cohort_growth_check() is None
+    registry_factories.full_record(site_a, alice)  # 11 cycles: grown by 10%
+    run = cohort_growth_check()
+    assert (run.trigger, run.status) == ("growth", "queued")
+    assert cohort_growth_check() == run  # already queued: not a second run
+    assert TrainingRun.objects.count() == 1
