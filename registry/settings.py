@@ -170,6 +170,9 @@ STORAGES = {
     # Uploaded site extracts (registry/storage.py): web writes them, the worker reads them, so
     # both mount one volume at IMPORT_UPLOAD_DIR (docker-compose.yml).
     "imports": {"BACKEND": "registry.storage.ImportUploadStorage"},
+    # Trained risk-model artifacts (predictions/storage.py), written by the worker that
+    # trains and read by every process that scores: one volume at MODEL_ARTIFACT_DIR.
+    "models": {"BACKEND": "predictions.storage.ModelArtifactStorage"},
     "staticfiles": {
         "BACKEND": (
             "django.contrib.staticfiles.storage.StaticFilesStorage"
@@ -206,6 +209,16 @@ IMPORT_REQUEUE_AFTER_SECONDS = env_int("IMPORT_REQUEUE_AFTER_SECONDS", 600)
 # process id to this file and waits, unless the file exists already. Empty in deployments.
 IMPORT_TEST_PAUSE_FILE = env_str("IMPORT_TEST_PAUSE_FILE", "")
 
+# Risk-model artifacts (the "models" storage), named by their SHA-256.
+MODEL_ARTIFACT_DIR = Path(env_str("MODEL_ARTIFACT_DIR", str(BASE_DIR / "var" / "models")))
+# Bootstrap resamples behind each AUROC interval of a training run (fewer is faster, wider).
+RISK_MODEL_BOOTSTRAP = env_int("RISK_MODEL_BOOTSTRAP", 300)
+# The candidate algorithms every training run compares (empty: all of predictions.ml.pipelines).
+RISK_MODEL_CANDIDATES = env_list("RISK_MODEL_CANDIDATES", [])
+# Tests only (the killed-worker test): a training run writes its process id to this file and
+# waits, once, after its artifacts are stored and before its versions are recorded.
+PREDICTIONS_TEST_PAUSE_FILE = env_str("PREDICTIONS_TEST_PAUSE_FILE", "")
+
 # Celery: with no broker configured, tasks run eagerly in-process (the embedded default).
 CELERY_BROKER_URL = env_str("CELERY_BROKER_URL") or env_str("REDIS_URL")
 CELERY_RESULT_BACKEND = env_str("CELERY_RESULT_BACKEND", CELERY_BROKER_URL)
@@ -224,6 +237,11 @@ CELERY_BEAT_SCHEDULE: dict = {
                             "schedule": crontab(hour=2, minute=30)},
     "site-term-frequencies-repair": {"task": "registry.site_term_frequencies_repair",
                                      "schedule": crontab(hour=3, minute=30)},
+    # Risk models: retrained nightly, and sooner when the cohort grew (predictions/tasks.py).
+    "risk-models-retrain-nightly": {"task": "predictions.retrain_nightly",
+                                    "schedule": crontab(hour=3, minute=15)},
+    "risk-models-growth-check": {"task": "predictions.cohort_growth_check",
+                                 "schedule": 3600.0},
 }
 
 REST_FRAMEWORK = {

@@ -81,6 +81,7 @@ from registry.services.terminology import (
     site_term_frequencies_waiting_move,
 )
 from registry.services.workflow import queries_open_bulk
+from registry.signals import records_changed_on_commit
 
 IMPORT_ROLES = DATA_ENTRY_ROLES  # who enters a site's records imports its extracts
 
@@ -305,6 +306,7 @@ def _import(batch: ImportBatch, progress: Callable[[str], None]) -> ImportBatch:
         with transaction.atomic():
             counts = _Writer(batch, files, concepts, soft).write()
             site_term_frequencies_import_add(batch=batch)
+            records_changed_on_commit(kind="import", site_ids=[batch.site_id])
         return _finish(batch, progress, ImportBatch.Status.IMPORTED, counts=counts)
     except ExtractRefused as exc:
         return _finish(batch, progress, ImportBatch.Status.FAILED, errors=[

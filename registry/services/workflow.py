@@ -24,6 +24,7 @@ from registry.models import (
 from registry.models.organisation import DATA_ENTRY_ROLES, REVIEW_ROLES
 from registry.services.mapping import record_recode
 from registry.services.organisation import require_site_role
+from registry.signals import records_changed_on_commit
 
 # The kinds of clinical record a clerk edits, by the short name used in URLs and queries.
 RECORD_MODELS: dict[str, type[models.Model]] = {k.name: k.model for k in KINDS.values()}
@@ -48,12 +49,16 @@ def save_or_refuse(obj: models.Model, *, acting_user: User | None, reason: str) 
     """Save with an audit row, turning a natural-key collision into a clear error."""
     try:
         with transaction.atomic():
-            return audited_save(obj, acting_user=acting_user, reason=reason)
+            saved = audited_save(obj, acting_user=acting_user, reason=reason)
     except IntegrityError as exc:
         raise ValidationFailed(
             f"This {obj._meta.verbose_name} already exists (same natural key) or breaks a "
             f"database rule: {exc.__cause__ or exc}"
         ) from exc
+    patient_id = saved.pk if isinstance(saved, Patient) else saved.patient_id
+    records_changed_on_commit(kind=record_kind(saved), site_ids=[saved.site_id],
+                              patient_ids=[patient_id])
+    return saved
 
 
 def record_kind(instance: models.Model) -> str:

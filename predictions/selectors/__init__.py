@@ -1,0 +1,1 @@
+"""Reads of the risk models: versions, runs, scores for the chart, features by site."""

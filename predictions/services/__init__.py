@@ -1,0 +1,1 @@
+"""Writes of the risk models: versions and the champion, training runs, scores."""
