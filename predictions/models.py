@@ -13,12 +13,12 @@ from django.conf import settings
 from django.db import models
 from django.db.models import Q
 from django.utils.translation import gettext_lazy as _
-from simple_history.models import HistoricalRecords
 
 from predictions.ml.definitions import DEFINITIONS
 from registry import limits as L
 from registry.errors import ValidationFailed
 from registry.models import Cycle
+from registry.models.history import history_records
 
 RISK_MODEL_MAX_LENGTH = 32
 ALGORITHM_MAX_LENGTH = 64
@@ -135,7 +135,7 @@ class Alias(models.Model):
     version = models.ForeignKey(ModelVersion, on_delete=models.PROTECT, related_name="+")
     moved_at = models.DateTimeField()
 
-    history = HistoricalRecords()
+    history = history_records()
 
     class Meta:
         ordering = ["risk_model", "name"]
