@@ -53,11 +53,13 @@ def registry_frames(*, as_of: dt.datetime | None = None) -> dict[str, pd.DataFra
     return frames
 
 
-def feature_set_extract(*, as_of: dt.datetime | None = None) -> FeatureSet:
+def feature_set_extract(*, as_of: dt.datetime | None = None, same_day_labs: bool = False
+                        ) -> FeatureSet:
     """Every cycle's features and targets (all risk models), as of `as_of` (default: now);
-    meta also carries registry_id, line_no and cycle_no, the cycle's natural key."""
+    meta also carries registry_id, line_no and cycle_no, the cycle's natural key.
+    `same_day_labs`: see predictions.ml.features.build_features."""
     frames = registry_frames(as_of=as_of)
-    features = build_features(frames)
+    features = build_features(frames, same_day_labs=same_day_labs)
     patients = frames["patients"].set_index("id")["registry_id"]
     features.meta["registry_id"] = features.meta["patient_id"].map(patients)
     features.meta["line_no"] = features.features["line_no"].astype(int)
@@ -76,10 +78,11 @@ def training_data_extract(model: str, *, as_of: dt.datetime | None = None,
     return X, y, groups, features.meta.copy()
 
 
-def training_data_dump(path: str, *, as_of: dt.datetime | None = None) -> int:
+def training_data_dump(path: str, *, as_of: dt.datetime | None = None,
+                       same_day_labs: bool = False) -> int:
     """Pickle {risk model: (X, y, groups, meta)} to `path` (for predictions.ml.quality); returns
     the number of cycles."""
-    extracted = feature_set_extract(as_of=as_of)
+    extracted = feature_set_extract(as_of=as_of, same_day_labs=same_day_labs)
     data = {name: training_data_extract(name, features=extracted)
             for name in definitions.DEFINITIONS}
     with open(path, "wb") as handle:

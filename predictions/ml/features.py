@@ -7,9 +7,12 @@ Dates may be any pandas datetime dtype.
 The rule against leakage: a cycle's features read only what is dated strictly before the
 cycle's start date (diagnoses, labs, adverse events, earlier cycles), plus what the cycle
 itself plans at its start: its regimen and number, and its prophylaxis (antiemetics on day 1,
-G-CSF on days 1-3, see definitions.GCSF_PLANNED_DAYS). The targets read the cycle's own
-adverse events: those linked to it, or unlinked ones with onset from its start until the
-patient's next cycle starts (or its planned length, 21 days when unknown, for the last).
+G-CSF on days 1-3, see definitions.GCSF_PLANNED_DAYS). One opt-in exception, `same_day_labs`:
+labs collected on the start date, read as the pre-treatment blood count.
+
+The targets read the cycle's own adverse events: those linked to it, or unlinked ones with
+onset from its start until the patient's next cycle starts (or its planned length, 21 days
+when unknown, for the last).
 """
 
 from __future__ import annotations
@@ -33,8 +36,11 @@ FRAME_COLUMNS: dict[str, tuple[str, ...]] = {
 }
 
 DEFAULT_CYCLE_DAYS = 21
-# Labs older than this before a cycle's start are not "latest before the cycle".
-LAB_LOOKBACK_DAYS = 30
+# Pre-cycle labs are the latest collected at most this many days before the cycle's start:
+# the blood count that clears a patient for the cycle. Older values belong to the previous
+# cycle (its nadir is drawn on days 10-12, 3 or more days before a 14-day cycle's successor)
+# and mixing them in as a "baseline" blurs the baseline's meaning.
+LAB_LOOKBACK_DAYS = 2
 # LOINC code -> feature name (values in the canonical unit of the vocabulary).
 LAB_FEATURES = {
     "751-8": "anc",
@@ -79,14 +85,15 @@ def _check(frames: dict[str, pd.DataFrame]) -> None:
 
 
 def _asof_before(left: pd.DataFrame, on: str, right: pd.DataFrame, right_on: str,
-                 values: list[str]) -> pd.DataFrame:
+                 values: list[str], *, same_day: bool = False) -> pd.DataFrame:
     """For each row of `left` (keeping its index), the latest row of `right` of the same patient
-    dated strictly before left[on]; rows without such a row get NaN."""
+    dated strictly before left[on] (on or before it with `same_day`); rows without such a row
+    get NaN."""
     keyed = left[["patient_id", on]].dropna().sort_values(on, kind="stable")
     right = right.dropna(subset=[right_on]).sort_values(right_on, kind="stable")
     keyed["_row"] = keyed.index
     merged = pd.merge_asof(keyed, right[["patient_id", right_on, *values]], left_on=on,
-                           right_on=right_on, by="patient_id", allow_exact_matches=False,
+                           right_on=right_on, by="patient_id", allow_exact_matches=same_day,
                            direction="backward")
     return merged.set_index("_row")[[right_on, *values]].reindex(left.index)
 
@@ -125,8 +132,13 @@ def _prepared(frames: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
     return ready
 
 
-def build_features(frames: dict[str, pd.DataFrame]) -> FeatureSet:
-    """The feature set of every cycle in frames["cycles"] (see the module docstring)."""
+def build_features(frames: dict[str, pd.DataFrame], *, same_day_labs: bool = False
+                   ) -> FeatureSet:
+    """The feature set of every cycle in frames["cycles"] (see the module docstring).
+
+    `same_day_labs` also reads labs collected on the cycle's start date, as pre-treatment labs
+    (the day-1 blood count drawn before the infusion). Off by default: dates carry no time, so
+    the strict rule is the one that provably reads nothing from the cycle's start onwards."""
     frames = _prepared(frames)
     cyc = frames["cycles"][list(FRAME_COLUMNS["cycles"])].copy()
     cyc["start_date"] = _dates(cyc["start_date"])
@@ -248,7 +260,7 @@ def build_features(frames: dict[str, pd.DataFrame]) -> FeatureSet:
     labs = labs.dropna(subset=["value_canonical"])
     for code, name in LAB_FEATURES.items():
         found = _asof_before(cyc, "start_date", labs[labs["lab_code"] == code],
-                             "collected_date", ["value_canonical"])
+                             "collected_date", ["value_canonical"], same_day=same_day_labs)
         age = (cyc["start_date"] - found["collected_date"]).dt.days.astype(float)
         recent = age <= LAB_LOOKBACK_DAYS
         out[name] = found["value_canonical"].astype(float).where(recent)

@@ -114,7 +114,7 @@ def naive_bayes(definition: RiskModelDefinition, *, n_bins: int = 8, alpha: floa
                      ("model", CategoricalNB(alpha=alpha, min_categories=NB_CATEGORIES))])
 
 
-def gradient_boosting(definition: RiskModelDefinition, *, learning_rate: float = 0.08,
+def gradient_boosting(definition: RiskModelDefinition, *, learning_rate: float = 0.1,
                       max_leaf_nodes: int = 15, l2_regularization: float = 1.0,
                       max_iter: int = 400, random_state: int = 0) -> Pipeline:
     """Histogram gradient boosting with native missing values and categorical support, early
@@ -130,7 +130,7 @@ def gradient_boosting(definition: RiskModelDefinition, *, learning_rate: float =
     model = HistGradientBoostingClassifier(
         learning_rate=learning_rate, max_leaf_nodes=max_leaf_nodes, max_iter=max_iter,
         l2_regularization=l2_regularization, categorical_features=mask, early_stopping=True,
-        validation_fraction=0.1, n_iter_no_change=15, random_state=random_state)
+        validation_fraction=0.1, n_iter_no_change=10, random_state=random_state)
     return Pipeline([("columns", columns), ("model", model)])
 
 

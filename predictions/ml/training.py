@@ -104,8 +104,9 @@ class TrainingResult:
     snapshot: dict
 
     def summary(self) -> dict:
-        """The JSON-serialisable summary (train_models --json keys; "version" is null here)."""
-        return {
+        """The JSON-serialisable summary (train_models --json keys; "version" is null here;
+        a figure that could not be computed is null, never NaN)."""
+        return _json_safe({
             "risk_model": self.risk_model,
             "cycles": self.cycles,
             "events": self.events,
@@ -116,7 +117,19 @@ class TrainingResult:
             "folds": self.folds,
             "fingerprint": self.fingerprint,
             "snapshot": self.snapshot,
-        }
+        })
+
+
+def _json_safe(value):
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    if isinstance(value, np.generic):
+        return _json_safe(value.item())
+    return value
 
 
 def fingerprint(X: pd.DataFrame, y, groups) -> str:
@@ -297,7 +310,7 @@ def explain(model: RiskPredictor, X_row: pd.DataFrame | pd.Series, *, top: int =
             "feature": name,
             "value": None if pd.isna(value) else (value.item() if hasattr(value, "item")
                                                   else value),
-            "reference": model.reference[name],
+            "reference": _json_safe(model.reference[name]),
             "contribution": contribution,
             "direction": "raises" if contribution > 0 else "lowers",
         })

@@ -161,6 +161,22 @@ def test_leakage_nothing_dated_on_or_after_the_cycle_start_changes_its_features(
         pd.testing.assert_series_equal(after, before, check_names=False)
 
 
+def test_same_day_labs_read_the_start_days_blood_count_and_nothing_else_of_that_day(frames):
+    cycle = frames["cycles"][frames["cycles"]["cycle_no"] == 3].iloc[0]
+    cut = _without_the_future(frames, cycle)  # adds labs of 0.2 dated on the start day
+    strict = build_features(cut).features.loc[cycle["id"]]
+    same_day = build_features(cut, same_day_labs=True)
+    row = same_day.features.loc[cycle["id"]]
+    assert row["log_anc"] == pytest.approx(np.log(0.2))
+    assert strict["log_anc"] != pytest.approx(np.log(0.2))
+    # Everything else dated on the start day (the grade-3 nausea) still is not read.
+    lab_columns = {"log_anc", "anc", "anc_days_before", "anc_missing", "log_wbc", "wbc",
+                   "wbc_days_before", "platelets", "platelets_days_before", "hemoglobin",
+                   "hemoglobin_days_before", "log_alt", "alt", "alt_days_before"}
+    others = [c for c in strict.index if c not in lab_columns]
+    pd.testing.assert_series_equal(row[others], strict[others], check_names=False)
+
+
 def test_the_leakage_check_would_catch_a_feature_reading_the_cycles_own_labs(frames, built):
     """The perturbation really reaches the data: the cycle's nadir is among what changes."""
     cycle = frames["cycles"][frames["cycles"]["cycle_no"] == 2].iloc[0]

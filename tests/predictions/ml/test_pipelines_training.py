@@ -64,7 +64,7 @@ def trained(feature_set):
 
 def test_training_chooses_a_champion_and_summarises_it_as_json(trained):
     result, seen, (X, y, groups) = trained
-    summary = json.loads(json.dumps(result.summary()))
+    summary = json.loads(json.dumps(result.summary(), allow_nan=False))
     assert summary["risk_model"] == "neutropenia"
     assert summary["cycles"] == len(X) and summary["events"] == int(y.sum())
     champion = summary["champion"]
@@ -82,6 +82,7 @@ def test_training_chooses_a_champion_and_summarises_it_as_json(trained):
     assert summary["snapshot"]["patients"] == 700
     assert summary["snapshot"]["cycles"] == len(X)
     assert len(summary["fingerprint"]) == 64
+    assert (result.model.recalibrator is None) == (result.champion.recalibration is None)
     assert seen[-1] == (1.0, "neutropenia: done")
     assert all(0 <= f <= 1 for f, _ in seen)
 
@@ -121,6 +122,8 @@ def test_explain_names_the_factors_that_move_one_prediction(feature_set):
     contributions = [abs(f["contribution"]) for f in factors]
     assert contributions == sorted(contributions, reverse=True)
     json.dumps(factors)
+    assert json.loads(json.dumps(result.summary(), allow_nan=False))["candidates"][0][
+        "ordinary_cv_auroc"] is None  # not computed: null, not NaN
 
 
 def test_training_without_both_classes_is_refused(feature_set):
