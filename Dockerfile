@@ -42,8 +42,9 @@ RUN SECRET_KEY=build-only-not-a-secret-collectstatic-0123456789abcdefghijkl \
 # Celery beat keeps its schedule, web and worker the uploaded extracts, here (named volumes in
 # docker-compose.yml); the directories are created owned by the app user so a fresh volume is
 # writable by it.
-RUN mkdir -p /var/lib/registry/beat /var/lib/registry/imports \
-    && chown registry:registry /var/lib/registry/beat /var/lib/registry/imports
+RUN mkdir -p /var/lib/registry/beat /var/lib/registry/imports /var/lib/registry/models \
+    && chown registry:registry /var/lib/registry/beat /var/lib/registry/imports \
+       /var/lib/registry/models
 
 USER registry
 

@@ -394,6 +394,20 @@ def test_web_and_worker_share_the_upload_volume_at_the_upload_dir():
     assert re.search(rf"chown registry:registry [^\n]*{re.escape(UPLOADS)}", dockerfile)
 
 
+MODELS = "/var/lib/registry/models"
+
+
+def test_web_and_worker_share_the_model_volume_at_the_model_dir():
+    # The worker that trains writes a version's files; web and worker read them to score.
+    assert SERVICES["web"]["environment"]["MODEL_ARTIFACT_DIR"] == MODELS
+    for name in ("web", "worker"):
+        assert dict(_named_volumes(SERVICES[name])).get("model-artifacts") == MODELS, name
+    assert "model-artifacts" in (COMPOSE.get("volumes") or {})
+    dockerfile = DOCKERFILE_PATH.read_text(encoding="utf-8")
+    assert re.search(rf"mkdir -p [^\n]*{re.escape(MODELS)}", dockerfile)
+    assert re.search(rf"chown registry:registry [^\n]*\n?\s*{re.escape(MODELS)}", dockerfile)
+
+
 def test_the_upload_storage_is_the_upload_dir(settings, tmp_path):
     from django.core.files.base import ContentFile
     from django.core.files.storage import storages
