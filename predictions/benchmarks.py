@@ -234,6 +234,7 @@ def train_benchmark(*, patients: int, progress=print, keepdb: bool = False) -> l
     """A full retrain of both risk models as the worker runs it (extraction, candidates with
     leave-site-out CV, calibration, final fit, versions saved) against bare scikit-learn making
     the same fits on the same matrices in the same run."""
+    _celery_app()  # refused before any database is made
     with (scratch_database(keep=keepdb) as database, _bench_models(database, keep=keepdb),
           _tasks_routed_to(f"benchmark-train-{os.getpid()}")):
         _cohort(patients, progress)
@@ -523,6 +524,7 @@ def score_benchmark(*, patients: int, progress=print, samples: int = LATENCY_SAM
     if samples < LATENCY_SAMPLES:
         raise ValueError(f"--samples {samples} is too few: p95 and p99 need at least "
                          f"{LATENCY_SAMPLES} saves.")
+    _celery_app()  # refused before any database is made
     queue = f"benchmark-score-{os.getpid()}"
     with (scratch_database(keep=keepdb) as database,
           _bench_models(database, keep=keepdb) as folder, _tasks_routed_to(queue)):
