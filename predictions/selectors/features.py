@@ -1,8 +1,12 @@
-"""Features of the cycles of some sites, as the registry stands at a snapshot.
+"""Features of the cycles of some sites, or of some patients, as the registry stands at a
+snapshot.
 
-A patient's records all carry the patient's site, so the features of a site's cycles read only
-that site's rows: scoring after a save reads the site's records (one COPY per kind), not the
-whole cohort. Training reads every site through predictions.extract.feature_set_extract.
+A cycle's features read only its patient's records (the patient, diagnoses, lines, cycles,
+drugs, adverse events and labs; nothing of other patients), and a patient's records all carry
+the patient's site. Scoring after a save therefore reads the saved patients' records (one COPY
+per kind, narrowed to them), not their whole sites; an import, which may touch every patient
+of a site, reads the site. Training reads every site through
+predictions.extract.feature_set_extract.
 """
 
 from __future__ import annotations
@@ -16,17 +20,21 @@ from registry.models import Concept, Site
 from registry.selectors.bulk import ALL_SITES, records_frame
 
 
-def feature_set_for_sites(site_ids: Iterable[int] | None, *, as_of: dt.datetime) -> FeatureSet:
-    """Every cycle of the sites (None: all) with its features, as of `as_of`."""
-    sites = ALL_SITES if site_ids is None else sorted(set(site_ids))
-    if site_ids is None:
+def feature_set_for_sites(site_ids: Iterable[int] | None, *, as_of: dt.datetime,
+                          patient_ids: Iterable[int] | None = None) -> FeatureSet:
+    """Every cycle of the sites (None: all) with its features, as of `as_of`; with
+    `patient_ids`, only those patients' cycles (their records alone are read)."""
+    if site_ids is None and patient_ids is None:
         return extract.feature_set_extract(as_of=as_of)
+    sites = ALL_SITES if site_ids is None else sorted(set(site_ids))
+    patients = None if patient_ids is None else sorted(set(patient_ids))
     codes = dict(Concept.objects.values_list("id", "code"))
     site_codes = dict(Site.objects.values_list("id", "code"))
     frames = {}
     # The kinds, columns and coded columns the training extraction reads (one definition).
     for kind, (name, columns, coded) in extract._KINDS.items():
-        frame = records_frame(kind, sites=sites, as_of=as_of, columns=columns)
+        frame = records_frame(kind, sites=sites, as_of=as_of, columns=columns,
+                              patients=patients)
         for id_column, code_column in coded.items():
             frame[code_column] = frame[id_column].map(codes)
         frames[name] = frame

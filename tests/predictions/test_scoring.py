@@ -138,3 +138,47 @@ def test_a_save_through_the_services_rescores_the_patients_cycles(seeded, ada):
     assert RiskScore.objects.count() == total  # one score per cycle and model, still
     others = RiskScore.objects.exclude(cycle_id__in=cycle_ids).order_by("-scored_at").first()
     assert others.scored_at < min(after.values())  # only this patient's cycles were rescored
+
+
+def test_factors_of_a_frame_are_each_rows_own_explanation(seeded, ada, monkeypatch):
+    from django.utils import timezone
+
+    from predictions.ml.training import explain
+    from predictions.selectors.features import feature_set_for_sites
+    from predictions.services import scoring
+
+    _train()
+    _both_champions(ada)
+    X = feature_set_for_sites(None, as_of=timezone.now()).features.iloc[:7]
+    for version in scoring.champions().values():
+        model = v.version_load(version)
+        frame = scoring.factors_frame(model, X)
+        monkeypatch.setattr(scoring, "PROBE_ROWS", 2 * len(model.features))  # 2 rows a call
+        assert scoring.factors_frame(model, X) == frame
+        monkeypatch.undo()
+        for (_, row), factors in zip(X.iterrows(), frame, strict=True):
+            alone = {f["feature"]: f["contribution"] for f in
+                     explain(model, X.loc[[row.name]], top=len(model.features))}
+            assert len(factors) == min(scoring.TOP_FACTORS, len(alone))
+            for factor in factors:  # each as explained alone, and among the largest
+                assert factor["contribution"] == pytest.approx(alone[factor["feature"]],
+                                                               abs=1e-4)
+            largest = sorted(map(abs, alone.values()), reverse=True)[:len(factors)]
+            assert sorted((abs(f["contribution"]) for f in factors), reverse=True) == \
+                pytest.approx(largest, abs=1e-4)
+
+
+def test_a_patients_features_read_alone_equal_those_read_with_the_site(seeded):
+    import pandas as pd
+    from django.utils import timezone
+
+    from predictions.selectors.features import feature_set_for_sites
+
+    patient = Patient.objects.filter(cycles__isnull=False).order_by("-pk").first()
+    as_of = timezone.now()
+    site = feature_set_for_sites([patient.site_id], as_of=as_of)
+    alone = feature_set_for_sites([patient.site_id], as_of=as_of, patient_ids=[patient.pk])
+    cycles = sorted(patient.cycles.values_list("pk", flat=True))
+    assert list(alone.features.index) == cycles
+    pd.testing.assert_frame_equal(alone.features, site.features.loc[cycles])
+    pd.testing.assert_frame_equal(alone.targets, site.targets.loc[cycles])

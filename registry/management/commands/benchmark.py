@@ -20,10 +20,11 @@ class Command(BaseCommand):
         parser.add_argument("--rows", type=int,
                             help="rows to work on, for benchmarks that take a count (recode)")
         parser.add_argument("--samples", type=int,
-                            help="requests per page, for benchmarks that take percentiles "
-                                 "(pages; default and minimum 100)")
+                            help="requests per page or saves, for benchmarks that take "
+                                 "percentiles (pages, score; default and minimum 100)")
         parser.add_argument("--keepdb", action="store_true",
-                            help="keep the scratch database and reuse it next time (pages)")
+                            help="keep the scratch database and reuse it next time "
+                                 "(pages, dq, train, score)")
 
     def handle(self, *args, **opts):
         autodiscover_modules("benchmarks")
