@@ -8,15 +8,16 @@ from django.conf import settings
 from django.core.files.storage import FileSystemStorage, storages
 
 
-class ImportUploadStorage(FileSystemStorage):
-    """Files under IMPORT_UPLOAD_DIR, a folder web and worker share (one volume in compose).
+class PrivateFolderStorage(FileSystemStorage):
+    """Files under the folder a setting names (read when used, not when the storage is made,
+    so a test can point it elsewhere), never served: no URL exists for them."""
 
-    The folder is read when used, not when the storage is made, so a test can point it
-    elsewhere; uploads are private (no URL is served for them)."""
+    folder_setting = ""
+    refusal = "These files are not served."
 
     @property
     def base_location(self) -> str:
-        return str(settings.IMPORT_UPLOAD_DIR)
+        return str(getattr(settings, self.folder_setting))
 
     @property
     def location(self) -> str:
@@ -27,7 +28,14 @@ class ImportUploadStorage(FileSystemStorage):
         return None
 
     def url(self, name):
-        raise ValueError("Uploaded extracts are not served.")
+        raise ValueError(self.refusal)
+
+
+class ImportUploadStorage(PrivateFolderStorage):
+    """Files under IMPORT_UPLOAD_DIR, a folder web and worker share (one volume in compose)."""
+
+    folder_setting = "IMPORT_UPLOAD_DIR"
+    refusal = "Uploaded extracts are not served."
 
 
 def import_storage() -> FileSystemStorage:

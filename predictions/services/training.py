@@ -12,19 +12,17 @@ names, which the next run deletes (`orphan_files_purge`).
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import logging
 import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from django.conf import settings
 from django.contrib.auth.models import User
-from django.db import connection, transaction
+from django.db import transaction
 from django.db.models import F, Value
 from django.db.models.functions import Concat
 from django.utils import timezone
@@ -42,6 +40,7 @@ from predictions.services.versions import (
     version_record,
 )
 from predictions.storage import model_storage
+from registry.locks import process_lock
 from registry.models import Cycle
 
 logger = logging.getLogger(__name__)
@@ -107,22 +106,9 @@ def _report(run_id: int, *, progress: int | None = None, message: str = "") -> N
         TrainingRun.objects.filter(pk=run_id).update(**changes)
 
 
-@contextlib.contextmanager
-def _run_lock(run_id: int) -> Iterator[bool]:
-    """Whether this process holds the run's lock (a PostgreSQL session advisory lock, freed
-    when the process or its connection dies). Elsewhere (SQLite, one process) always held."""
-    if connection.vendor != "postgresql":
-        yield True
-        return
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_try_advisory_lock(%s, %s)", [TRAINING_LOCK, run_id])
-        held = cursor.fetchone()[0]
-    try:
-        yield held
-    finally:
-        if held and connection.connection is not None:
-            with connection.cursor() as cursor:
-                cursor.execute("SELECT pg_advisory_unlock(%s, %s)", [TRAINING_LOCK, run_id])
+def _run_lock(run_id: int):
+    """Whether this process holds the run's lock (see registry.locks)."""
+    return process_lock(TRAINING_LOCK, run_id)
 
 
 def training_run_execute(*, run_id: int) -> TrainingRun | None:

@@ -11,13 +11,12 @@ import as its reason, and every written row records its batch.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -26,7 +25,7 @@ import pandas as pd
 from django.conf import settings
 from django.contrib.auth.models import User
 from django.core.files.uploadedfile import UploadedFile
-from django.db import connection, transaction
+from django.db import transaction
 from django.utils import timezone
 from django.utils.translation import gettext
 
@@ -49,6 +48,7 @@ from registry.extracts import (
     upload_limit,
 )
 from registry.kinds import KINDS, PATIENT, RECORD_KINDS, RecordKind
+from registry.locks import process_lock
 from registry.models import (
     Concept,
     Cycle,
@@ -202,22 +202,9 @@ def batch_resume(*, batch: ImportBatch, acting_user: User) -> ImportBatch:
                             restarts=0)
 
 
-@contextlib.contextmanager
-def _batch_lock(batch_id: int) -> Iterator[bool]:
-    """Whether this process holds the batch's lock (PostgreSQL session advisory lock, freed
-    when the process or its connection dies). Elsewhere (SQLite, one process) always held."""
-    if connection.vendor != "postgresql":
-        yield True
-        return
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_try_advisory_lock(%s, %s)", [IMPORT_LOCK, batch_id])
-        held = cursor.fetchone()[0]
-    try:
-        yield held
-    finally:
-        if held and connection.connection is not None:
-            with connection.cursor() as cursor:
-                cursor.execute("SELECT pg_advisory_unlock(%s, %s)", [IMPORT_LOCK, batch_id])
+def _batch_lock(batch_id: int):
+    """Whether this process holds the batch's lock (see registry.locks)."""
+    return process_lock(IMPORT_LOCK, batch_id)
 
 
 def batch_is_orphaned(batch: ImportBatch) -> bool:
