@@ -43,8 +43,10 @@ RUN SECRET_KEY=build-only-not-a-secret-collectstatic-0123456789abcdefghijkl \
 # docker-compose.yml); the directories are created owned by the app user so a fresh volume is
 # writable by it.
 RUN mkdir -p /var/lib/registry/beat /var/lib/registry/imports /var/lib/registry/models \
+    && mkdir -p /var/lib/registry/releases \
     && chown registry:registry /var/lib/registry/beat /var/lib/registry/imports \
-       /var/lib/registry/models
+       /var/lib/registry/models \
+    && chown registry:registry /var/lib/registry/releases
 
 USER registry
 

@@ -173,6 +173,9 @@ STORAGES = {
     # Trained risk-model artifacts (predictions/storage.py), written by the worker that
     # trains and read by every process that scores: one volume at MODEL_ARTIFACT_DIR.
     "models": {"BACKEND": "predictions.storage.ModelArtifactStorage"},
+    # Built study releases (research/storage.py): the worker writes them, the web serves them to
+    # their team only, through a view that records every download: one volume at RELEASE_DIR.
+    "releases": {"BACKEND": "research.storage.ReleaseStorage"},
     "staticfiles": {
         "BACKEND": (
             "django.contrib.staticfiles.storage.StaticFilesStorage"
@@ -181,6 +184,30 @@ STORAGES = {
         )
     },
 }
+
+# Mail: the committee's notifications (requests submitted, decisions, site answers, releases).
+EMAIL_BACKEND = env_str(
+    "EMAIL_BACKEND",
+    "django.core.mail.backends.console.EmailBackend" if DEBUG
+    else "django.core.mail.backends.smtp.EmailBackend")
+EMAIL_HOST = env_str("EMAIL_HOST", "localhost")
+EMAIL_PORT = env_int("EMAIL_PORT", 25)
+EMAIL_HOST_USER = env_str("EMAIL_HOST_USER", "")
+EMAIL_HOST_PASSWORD = env_str("EMAIL_HOST_PASSWORD", "")
+EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", default=False)
+DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "registry@localhost")
+
+RELEASE_DIR = Path(env_str("RELEASE_DIR", str(BASE_DIR / "var" / "releases")))
+
+# The data-use committee: votes needed before the chair may record a decision, and the share of
+# those votes (strictly more than this percentage) an outcome needs.
+COMMITTEE_QUORUM = env_int("COMMITTEE_QUORUM", 3)
+COMMITTEE_MAJORITY_PCT = env_int("COMMITTEE_MAJORITY_PCT", 50)
+# Releases: the smallest group of patients sharing quasi-identifier values (k-anonymity) the
+# committee may start from, and the share of patients whose quasi-identifiers may be suppressed
+# rather than every patient's generalised further.
+RELEASE_K_ANONYMITY = env_int("RELEASE_K_ANONYMITY", 5)
+RELEASE_MAX_SUPPRESSED_PCT = env_int("RELEASE_MAX_SUPPRESSED_PCT", 5)
 
 # Uploaded site extracts (the "imports" storage) live here until their import ends (a batch
 # in "needs mapping" keeps its file for the resume), then are deleted, or kept for the days
@@ -242,6 +269,8 @@ CELERY_BEAT_SCHEDULE: dict = {
                                     "schedule": crontab(hour=3, minute=15)},
     "risk-models-growth-check": {"task": "predictions.cohort_growth_check",
                                  "schedule": 3600.0},
+    # Releases whose access period ended are closed (research/tasks.py).
+    "releases-expire": {"task": "research.releases_expire", "schedule": 3600.0},
 }
 
 REST_FRAMEWORK = {

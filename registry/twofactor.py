@@ -19,7 +19,8 @@ from registry.access import AnyUser, user_roles
 from registry.models import Role
 
 # The roles whose holders must log in with a second factor.
-SECOND_FACTOR_ROLES: frozenset[str] = frozenset({Role.MONITOR, Role.COMMITTEE, Role.ADMIN})
+SECOND_FACTOR_ROLES: frozenset[str] = frozenset(
+    {Role.MONITOR, Role.COMMITTEE, Role.CHAIR, Role.ADMIN})
 
 # Digits of a TOTP code: the token field's length and pattern read it.
 TOKEN_DIGITS = 6

@@ -461,3 +461,17 @@ def test_postgres_creates_the_app_role_with_its_init_script():
     assert script.startswith("#!/bin/sh\n") and "set -eu" in script
     assert "NOSUPERUSER" in script and "PASSWORD :'app_password'" in script
     assert "$POSTGRES_APP_PASSWORD" in script and APP_ROLE not in script  # named once, above
+
+
+RELEASES = "/var/lib/registry/releases"
+
+
+def test_web_and_worker_share_the_release_volume_at_the_release_dir():
+    # The worker builds a release's files; web serves them to the study's team.
+    assert SERVICES["web"]["environment"]["RELEASE_DIR"] == RELEASES
+    for name in ("web", "worker"):
+        assert dict(_named_volumes(SERVICES[name])).get("release-files") == RELEASES, name
+    assert "release-files" in (COMPOSE.get("volumes") or {})
+    dockerfile = DOCKERFILE_PATH.read_text(encoding="utf-8")
+    assert re.search(rf"mkdir -p [^\n]*{re.escape(RELEASES)}", dockerfile)
+    assert re.search(rf"chown registry:registry [^\n]*\n?\s*{re.escape(RELEASES)}", dockerfile)

@@ -13,6 +13,8 @@ class Role(models.TextChoices):
     MONITOR = "monitor", _("Monitor")
     SITE_PI = "site_pi", _("Site PI")
     COMMITTEE = "committee", _("Committee member")
+    # Records the committee's decisions (and may vote as a member).
+    CHAIR = "chair", _("Committee chair")
     INVESTIGATOR = "investigator", _("Investigator")
     PARTNER = "partner", _("Partner")
     ADMIN = "admin", _("Registry admin")

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import datetime as dt
 import io
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 import pandas as pd
 from django.contrib.auth.models import AnonymousUser, User
@@ -184,20 +184,70 @@ _WIRE = {
 }
 
 
+def _outer_sql(sql: str, types: dict[str, str]) -> str:
+    outer = ", ".join(
+        f'{_WIRE[kind].format(c=name)} AS "{name}"' if kind in _WIRE else f'q."{name}"'
+        for name, kind in types.items())
+    return f"SELECT {outer} FROM ({sql}) q"  # noqa: S608 (names from the models, never input)
+
+
 def _copy_frame(sql: str, params: Sequence, types: dict[str, str]) -> pd.DataFrame:
     """Run `sql` (its rows in their order) through COPY TO STDOUT and read it with pandas."""
     connection.ensure_connection()
     buffer = io.BytesIO()
-    outer = ", ".join(
-        f'{_WIRE[kind].format(c=name)} AS "{name}"' if kind in _WIRE else f'q."{name}"'
-        for name, kind in types.items())
-    sql = f"SELECT {outer} FROM ({sql}) q"  # noqa: S608 (names from the models, never input)
     with connection.connection.cursor() as cursor:
-        statement = f"COPY ({sql}) TO STDOUT WITH (FORMAT csv, HEADER, NULL '{_NULL}')"
+        statement = (f"COPY ({_outer_sql(sql, types)}) TO STDOUT WITH (FORMAT csv, HEADER, "
+                     f"NULL '{_NULL}')")
         with cursor.copy(statement, params) as copy:
             for chunk in copy:
                 buffer.write(chunk)
     buffer.seek(0)
+    return _parse(buffer, types)
+
+
+def _copy_chunks(sql: str, params: Sequence, types: dict[str, str], *, chunk_bytes: int
+                 ) -> Iterator[pd.DataFrame]:
+    """Like _copy_frame, yielding a frame each time about `chunk_bytes` of whole rows arrived.
+    (Rows are cut at a newline outside quotes: text values can hold newlines.)"""
+    connection.ensure_connection()
+    header = b""
+    pending = bytearray()
+    yielded = False
+    with connection.connection.cursor() as cursor:
+        statement = (f"COPY ({_outer_sql(sql, types)}) TO STDOUT WITH (FORMAT csv, HEADER, "
+                     f"NULL '{_NULL}')")
+        with cursor.copy(statement, params) as copy:
+            for chunk in copy:
+                pending += chunk
+                if not header:
+                    end = pending.find(b"\n")
+                    if end < 0:
+                        continue
+                    header = bytes(pending[:end + 1])
+                    del pending[:end + 1]
+                if len(pending) >= chunk_bytes:
+                    cut = _last_row_end(pending)
+                    if cut > 0:
+                        yield _parse(io.BytesIO(header + bytes(pending[:cut])), types)
+                        yielded = True
+                        del pending[:cut]
+    if pending or not yielded:  # the rest; an empty frame when there were no rows at all
+        yield _parse(io.BytesIO((header or (",".join(types) + "\n").encode()) + bytes(pending)),
+                     types)
+
+
+def _last_row_end(data: bytearray) -> int:
+    """The offset just after the last newline that ends a row (an even number of quotes
+    before it), or 0."""
+    end = data.rfind(b"\n")
+    while end >= 0:
+        if data.count(b'"', 0, end) % 2 == 0:
+            return end + 1
+        end = data.rfind(b"\n", 0, end)
+    return 0
+
+
+def _parse(buffer: io.BytesIO, types: dict[str, str]) -> pd.DataFrame:
     # Numbers are parsed as float64 (pandas' fast path) and integers made Int64 after.
     read_types = {name: object if kind == "text" else "float64" for name, kind in types.items()}
     frame = pd.read_csv(buffer, dtype=read_types, na_values=[_NULL], keep_default_na=False,
@@ -335,6 +385,33 @@ def records_frame(kind: str, *, user: User | AnonymousUser | None = None, sites=
     patients' records (within the scope of `user`/`sites`): a form's recheck of one patient.
     Dates are datetime64[s], booleans the nullable "boolean" dtype, integers "Int64".
     """
+    sql, params, types = _records_sql(kind, user=user, sites=sites, as_of=as_of,
+                                      columns=columns, patients=patients)
+    return _copy_frame(sql, params, types)
+
+
+def records_chunks(kind: str, *, user: User | AnonymousUser | None = None, sites=None,
+                   as_of: dt.datetime | None = None, columns: Iterable[str] | None = None,
+                   patients: Iterable[int] | None = None,
+                   chunk_bytes: int = 64 << 20) -> Iterator[pd.DataFrame]:
+    """The frame records_frame returns, as consecutive frames of about `chunk_bytes` of rows
+    each (in id order), read from one streamed COPY: memory holds one chunk, never the whole
+    kind. For exports of the whole cohort (releases)."""
+    sql, params, types = _records_sql(kind, user=user, sites=sites, as_of=as_of,
+                                      columns=columns, patients=patients)
+    yield from _copy_chunks(sql, params, types, chunk_bytes=chunk_bytes)
+
+
+def copy_sql(kind: str, **options) -> tuple[str, list]:
+    """The statement and parameters of `COPY (records query) TO STDOUT` for `kind`: what
+    benchmarks time the reader against."""
+    sql, params, types = _records_sql(kind, **options)
+    return (f"COPY ({_outer_sql(sql, types)}) TO STDOUT WITH (FORMAT csv, HEADER, "
+            f"NULL '{_NULL}')"), list(params)
+
+
+def _records_sql(kind: str, *, user=None, sites=None, as_of=None, columns=None, patients=None
+                 ) -> tuple[str, list, dict[str, str]]:
     model = _model(kind)
     site_ids = _resolve_sites(user, sites)
     patient_ids = None if patients is None else sorted({int(p) for p in patients})
@@ -362,7 +439,7 @@ def records_frame(kind: str, *, user: User | AnonymousUser | None = None, sites=
     sql = f"{with_clause}SELECT {select} FROM ({rows}) r {' '.join(joins)} ORDER BY r.id"  # noqa: S608
     types = {c: own[c] for c in wanted_own}
     types.update({c: _CONTEXT_TYPES.get(c, "date") for c in wanted_context})
-    return _copy_frame(sql, params, types)
+    return sql, params, types
 
 
 def cohort_frame(*, user: User | AnonymousUser | None = None, sites=None,
@@ -414,5 +491,5 @@ def cohort_frame(*, user: User | AnonymousUser | None = None, sites=None,
 
 __all__ = [
     "ALL_SITES", "COHORT_COLUMNS", "CONTEXT_COLUMNS", "KIND_MODELS", "UnknownKind",
-    "cohort_frame", "model_columns", "records_frame",
+    "cohort_frame", "copy_sql", "model_columns", "records_chunks", "records_frame",
 ]
