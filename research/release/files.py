@@ -32,6 +32,7 @@ import json
 import os
 import re
 import zipfile
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -64,7 +65,8 @@ LOGICAL_TYPES: dict[str, pa.DataType] = {
 _TABLE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 _FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
 _COLUMN_NAME_MAX = 128
-_NEEDS_QUOTES = r'[",\r\n]'
+# A CSV field is quoted when it holds one of these (a separator, a quote, a line break).
+NEEDS_QUOTES = r'[",\r\n]'
 _HASH_BLOCK = 1 << 20
 
 
@@ -82,11 +84,21 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def csv_text(rows: Iterable[Iterable[str]]) -> str:
+    """Small CSV texts (headers, the codebook) by the rules the tables are written with."""
+    needs = re.compile(NEEDS_QUOTES)
+
+    def field(value: str) -> str:
+        return '"' + value.replace('"', '""') + '"' if needs.search(value) else value
+
+    return "".join(",".join(field(v) for v in row) + "\n" for row in rows)
+
+
 def _csv_column(texts: pa.Array, quote: bool) -> pa.Array:
     """A column's CSV fields: missing as empty, a text quoted when it holds a separator, a
     quote or a line break (numbers never do)."""
     if quote:
-        needs = pc.match_substring_regex(texts, _NEEDS_QUOTES)
+        needs = pc.match_substring_regex(texts, NEEDS_QUOTES)
         quoted = pc.binary_join_element_wise('"', pc.replace_substring(texts, '"', '""'), '"',
                                              "")
         texts = pc.if_else(needs, quoted, texts)
@@ -194,8 +206,7 @@ class TableSink:
             compression_level=PARQUET_COMPRESSION_LEVEL, version="2.6",
             use_dictionary=True, write_statistics=True, store_schema=True)
         self._parquet_path = parquet_path
-        header = [_csv_column(pa.array([c], pa.string()), quote=True) for c in self.columns]
-        self._csv.write(_csv_bytes(header))
+        self._csv.write(csv_text([self.columns]).encode("utf-8"))
 
     def write(self, chunk: pd.DataFrame) -> None:
         """Append the chunk's rows (its columns must be the declared ones, in any order)."""
