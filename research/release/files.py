@@ -61,6 +61,7 @@ LOGICAL_TYPES: dict[str, pa.DataType] = {
     "date_days": pa.int32(),  # whole days from the patient's index date
     "category": pa.dictionary(pa.int32(), pa.string()),
 }
+_TEXT_TYPES = frozenset({"string", "category"})
 
 _TABLE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 _FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
@@ -158,14 +159,19 @@ def _arrow_array(values: pd.Series, logical: str, column: str) -> pa.Array:
         raise ValueError(f"Column {column!r} is declared {logical}, but holds booleans.")
     if isinstance(values.dtype, pd.CategoricalDtype):
         values = values.astype(object)
+    if logical == "bool" and not (kind in "bO" or isinstance(values.dtype, pd.BooleanDtype)):
+        raise ValueError(f"Column {column!r} is declared bool, but holds {values.dtype}.")
+    target = pa.string() if logical in _TEXT_TYPES else LOGICAL_TYPES[logical]
     try:
-        if logical in {"string", "category"}:
-            array = pa.array(values, type=pa.string(), from_pandas=True)
-            array = pc.if_else(pc.equal(array, ""), pa.scalar(None, pa.string()), array)
-            return array.dictionary_encode() if logical == "category" else array
-        array = pa.array(values, type=LOGICAL_TYPES[logical], from_pandas=True)
+        array = pa.array(values, type=target, from_pandas=True)
     except (pa.ArrowException, TypeError, ValueError, OverflowError) as error:
         raise ValueError(f"Column {column!r} does not hold {logical} values: {error}") from error
+    if logical in _TEXT_TYPES:
+        if pc.any(pc.match_substring(array, "\0")).as_py():
+            # CSV readers cut a field at a NUL (and PostgreSQL never stores one).
+            raise ValueError(f"Column {column!r} holds a NUL character.")
+        array = pc.if_else(pc.equal(array, ""), pa.scalar(None, pa.string()), array)
+        return array.dictionary_encode() if logical == "category" else array
     if logical == "float" and pc.any(pc.is_inf(array)).as_py():
         raise ValueError(f"Column {column!r} holds an infinite number.")
     return array
@@ -182,7 +188,7 @@ def _csv_fields(array: pa.Array, logical: str) -> pa.Array:
         texts = pc.if_else(array, "true", "false")
     else:
         texts = pc.cast(array, pa.string())
-    return _csv_column(texts, quote=logical in {"string", "category"})
+    return _csv_column(texts, quote=logical in _TEXT_TYPES)
 
 
 class TableSink:
