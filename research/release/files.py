@@ -9,7 +9,8 @@ without a manifest is an unfinished build. `verify` checks a folder against its 
 What is fixed so that rebuilds are identical:
 - CSV: UTF-8 without BOM, one header line, "\\n" line ends, "," separators; a field is quoted
   ("") only when it holds a separator, a quote or a line break; a missing value is an empty
-  field (an empty text is written as missing, in the CSV and in the Parquet file alike);
+  field (an empty text is written as missing, in the CSV and in the Parquet file alike;
+  in a table of one column it is written "", since a blank line is skipped by readers);
   integers in decimal, floats as Python's repr (the shortest text that reads back to the same
   float: 0.1, 1e+16, 2.0), booleans as true / false. Readers should take only the empty field
   as missing (pandas: keep_default_na=False, na_values=[""]), since texts such as "NA" are data.
@@ -231,6 +232,9 @@ class TableSink:
         arrays = [_arrow_array(chunk[c], logical, c) for c, logical in self.columns.items()]
         fields = [_csv_fields(a, logical) for a, logical in zip(arrays, self.columns.values(),
                                                                   strict=True)]
+        if len(fields) == 1:
+            # A line with one empty field would be blank, and readers skip blank lines.
+            fields = [pc.if_else(pc.equal(fields[0], ""), '""', fields[0])]
         self._csv.write(_csv_bytes(fields))
         self._parquet.write_table(pa.Table.from_arrays(arrays, schema=self.schema),
                                   row_group_size=len(chunk))
