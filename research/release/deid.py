@@ -103,8 +103,11 @@ def pseudonyms(ids: pd.Series, key: bytes) -> pd.Series:
     """
     _check_key(key)
     missing = ids.isna().to_numpy()
-    values = ids.to_numpy(dtype=object)[~missing]
-    messages = [_id_text(v).encode("utf-8") for v in values]
+    if pd.api.types.is_integer_dtype(ids.dtype):
+        texts = [str(v) for v in ids[~missing].tolist()]
+    else:
+        texts = [_id_text(v) for v in ids.to_numpy(dtype=object)[~missing]]
+    messages = [text.encode("utf-8") for text in texts]
     encoded = _crockford(_hmac_prefixes(messages, bytes(key)), len(messages))
     out = np.full(len(ids), pd.NA, dtype=object)
     out[~missing] = encoded

@@ -111,9 +111,10 @@ def _csv_bytes(columns: list[pa.Array]) -> memoryview:
     """The CSV lines of equally long columns of fields: one contiguous buffer, built by Arrow
     without a Python object per value."""
     rows = columns[0] if len(columns) == 1 else pc.binary_join_element_wise(*columns, ",")
-    lines = pc.binary_join_element_wise(rows, "\n", "").cast(pa.large_string())
+    lines = pc.binary_join_element_wise(rows, "\n", "")
     _, offsets, data = lines.buffers()
-    offsets = np.frombuffer(offsets, dtype=np.int64)
+    offsets = np.frombuffer(offsets, dtype=np.int64 if pa.types.is_large_string(lines.type)
+                            else np.int32)
     return memoryview(data)[offsets[lines.offset]:offsets[lines.offset + len(lines)]]
 
 
