@@ -128,7 +128,7 @@ def _days_since_epoch(dates: pd.Series) -> np.ndarray:
     their date, whatever their time of day."""
     if isinstance(dates.dtype, pd.DatetimeTZDtype):
         dates = dates.dt.tz_localize(None)
-    if dates.dtype.kind == "M":
+    if isinstance(dates.dtype, np.dtype) and dates.dtype.kind == "M":
         days = dates.to_numpy().astype("datetime64[D]")
     else:
         values = dates.to_numpy(dtype=object)

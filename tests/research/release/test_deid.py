@@ -159,6 +159,14 @@ def test_days_from_datetime_columns_counts_calendar_days():
     assert out.name == "onset"
 
 
+def test_days_from_arrow_backed_dates():
+    onset = pd.Series(pd.array([dt.date(2020, 1, 5), None], dtype="date32[pyarrow]"))
+    index = pd.Series(pd.array([dt.date(2020, 1, 1)] * 2, dtype="date32[pyarrow]"))
+    out = deid.days_from(onset, index)
+    assert out.iloc[0] == 4
+    assert out.iloc[1] is pd.NA
+
+
 def test_days_from_time_zone_aware_datetimes_count_their_own_date():
     late = pd.Series(pd.to_datetime(["2020-01-01 23:30"]).tz_localize("Asia/Shanghai"))
     assert deid.days_from(late, pd.Series([dt.date(2020, 1, 1)])).tolist() == [0]
