@@ -2,10 +2,10 @@
 
 Each quasi-identifier has a generalisation hierarchy: level 0 is the value as recorded, each
 next level coarser (exact age -> 5-year band -> 10-year band), the last level "*" for every
-value. `k_anonymise` chooses one level per quasi-identifier for all rows: among the
-combinations of levels that leave at most `max_suppressed` of the rows in groups rarer than k,
-the one that loses the least information, those rows then have every quasi-identifier set to
-"*". Information lost is the loss metric of Iyengar (2002), as ARX reports it: for each
+value. `k_anonymise` chooses one level per quasi-identifier for all rows: of the combinations
+of levels that leave at most `max_suppressed` of the rows in groups rarer than k, the one that
+loses the least information. Those rows then have every quasi-identifier set to "*".
+Information lost is the loss metric of Iyengar (2002), as ARX reports it: for each
 quasi-identifier, the mean over rows of (values merged into the row's generalised value - 1) /
 (distinct values - 1), 0 as recorded and 1 at "*"; summed over the quasi-identifiers (exact
 fractions, so ties are ties). Ties are broken by fewer suppressed records, more groups, fewer
@@ -39,7 +39,7 @@ MIN_K = 2
 MAX_K = 1000
 # The lattice of level combinations is searched in full; more nodes than this is a request
 # for too many quasi-identifiers, not something to wait for.
-MAX_LATTICE_NODES = 20_000
+MAX_LATTICE_NODES = 5_000
 _MAX_DENSE_KEYS = 1 << 22
 _MAX_KEY = 1 << 62
 
