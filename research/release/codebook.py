@@ -9,6 +9,7 @@ order the tables first appear; value codes are sorted (numbers by value); concep
 from __future__ import annotations
 
 from research.release.files import LOGICAL_TYPES, csv_text
+from research.release.kanon import SUPPRESSED
 
 VARIABLE_CLASSES = {
     "direct": ("direct identifier", "直接标识符"),
@@ -117,8 +118,8 @@ def _codebook_md(tables: dict[str, list[dict]], concepts: list[tuple[str, str, s
     ]
     lines += ["## Types / 类型", "", "| Type / 类型 | Meaning | 含义 |", "|---|---|---|"]
     lines += [f"| {name} | {_md(en)} | {_md(zh)} |" for name, (en, zh) in TYPE_LABELS.items()]
-    lines += ["", "`*` in a quasi-identifier: generalised away to protect identity "
-              "(k-anonymity). / 准标识符中的 `*`：为保护身份而隐去（k-匿名）。", ""]
+    lines += ["", f"`{SUPPRESSED}` in a quasi-identifier: generalised away to protect identity "
+              f"(k-anonymity). / 准标识符中的 `{SUPPRESSED}`：为保护身份而隐去（k-匿名）。", ""]
     for table, variables in tables.items():
         lines += [
             f"## {table}",
