@@ -15,6 +15,7 @@ VARIABLE_CLASSES = {
     "direct": ("direct identifier", "直接标识符"),
     "quasi": ("quasi-identifier", "准标识符"),
     "clinical": ("clinical", "临床变量"),
+    "structural": ("pseudonym or reference of this release", "本次发布的假名或引用"),
 }
 TYPE_LABELS = {
     "string": ("text", "文本"),
