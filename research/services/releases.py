@@ -208,34 +208,28 @@ def selected_variables(request: DataRequest, decision: Decision) -> list[catalog
 
 
 class _Concepts:
-    """Concept codes by id, fetched as chunks name them; remembers which were used."""
+    """Concept codes by id, read in one query before any kind is streamed (no other query may
+    run on the connection while a COPY streams); remembers which were used, and reads their
+    names for the codebook after the streaming ends."""
 
     def __init__(self) -> None:
-        self.codes: dict[int, tuple[str, str, str]] = {}
-        self.used: dict[str, set[int]] = {}
+        self.codes: dict[int, str] = dict(Concept.objects.values_list("pk", "code").iterator(
+            chunk_size=50_000))
+        self.used: set[int] = set()
 
-    def fetch(self, ids) -> None:
-        missing = {int(i) for i in ids if pd.notna(i)} - set(self.codes)
-        if missing:
-            for pk, code, en, zh, vocabulary in Concept.objects.filter(
-                    pk__in=missing).values_list("pk", "code", "name_en", "name_zh",
-                                                "vocabulary__code"):
-                self.codes[pk] = (code, f"{en} / {zh}" if zh else en, vocabulary)
-
-    def codes_of(self, series: pd.Series, variable: str) -> pd.Series:
+    def codes_of(self, series: pd.Series) -> pd.Series:
         ids = series.astype("Int64")
         distinct = [int(i) for i in ids.dropna().unique()]
-        self.fetch(distinct)
-        self.used.setdefault(variable, set()).update(distinct)
-        codes = pd.Series({i: self.codes[i][0] for i in distinct}, dtype="string")
+        self.used.update(distinct)
+        codes = pd.Series({i: self.codes.get(i) for i in distinct}, dtype="string")
         return ids.map(codes).astype("string")
 
     def vocabularies(self) -> list[dict]:
         by_vocabulary: dict[str, dict[str, str]] = {}
-        for ids in self.used.values():
-            for pk in ids:
-                code, name, vocabulary = self.codes[pk]
-                by_vocabulary.setdefault(vocabulary, {})[code] = name
+        rows = Concept.objects.filter(pk__in=sorted(self.used)).values_list(
+            "code", "name_en", "name_zh", "vocabulary__code")
+        for code, en, zh, vocabulary in rows:
+            by_vocabulary.setdefault(vocabulary, {})[code] = f"{en} / {zh}" if zh else en
         return [{"vocabulary": v, "concepts": [{"code": c, "name": n}
                                                for c, n in sorted(concepts.items())]}
                 for v, concepts in sorted(by_vocabulary.items())]
@@ -261,11 +255,10 @@ def _build_into(release: Release, folder: Path, progress: Progress) -> dict:
     patients, diagnoses, lines = (records_frame(kind, sites=site_ids, as_of=as_of,
                                                 columns=columns)
                                   for kind, columns in COHORT_READS)
-    concepts.fetch(diagnoses["cancer_id"].dropna().unique())
     withdrawn = set(Patient.objects.filter(site_id__in=site_ids, withdrawn_date__isnull=False)
                     .values_list("pk", flat=True))
     mask = cohort_mask(patients=patients, diagnoses=diagnoses, lines=lines,
-                       concept_codes={pk: c[0] for pk, c in concepts.codes.items()},
+                       concept_codes=concepts.codes,
                        criteria=request.criteria, purpose=request.purpose,
                        withdrawn=withdrawn)
     cohort = patients[mask].sort_values("id").reset_index(drop=True)
@@ -439,7 +432,7 @@ def _transform(variable: catalog.Variable, chunk: pd.DataFrame, patient: pd.Seri
         return deid.days_from(values.reset_index(drop=True),
                               index_dates.reindex(patient).reset_index(drop=True)).to_numpy()
     if variable.concept:
-        return concepts.codes_of(values, variable.name).to_numpy()
+        return concepts.codes_of(values).to_numpy()
     if variable.source == "biomarkers":
         return values.map(_biomarker_text).to_numpy()
     return values.to_numpy()
