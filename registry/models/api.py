@@ -12,6 +12,7 @@ import datetime as dt
 from django.conf import settings
 from django.db import models
 from django.db.models import Q
+from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
 from registry import limits as L
@@ -47,7 +48,8 @@ class ApiToken(models.Model):
     # HMAC-SHA256 (hex) of the whole token text; never the token itself.
     digest = models.CharField(max_length=L.HASH_HEX_LENGTH)
     scopes = models.JSONField(_("scopes"), default=list, blank=True)
-    created_at = models.DateTimeField(_("created"), auto_now_add=True)
+    # Set by the service, so that the expiry is exactly its days after the creation.
+    created_at = models.DateTimeField(_("created"), default=timezone.now, editable=False)
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+",
         verbose_name=_("created by"),

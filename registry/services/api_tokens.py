@@ -118,7 +118,7 @@ def api_token_create(
     now = timezone.now()
     token = ApiToken(
         user=user, name=name, prefix=prefix, digest=token_digest(text),
-        scopes=sorted(set(scopes)), created_by=history_user(acting_user),
+        scopes=sorted(set(scopes)), created_at=now, created_by=history_user(acting_user),
         expires_at=now + dt.timedelta(days=expires_days) if expires_days else None,
     )
     reason = ("API token created" if acting_user is not None
