@@ -116,13 +116,20 @@ def fields_summary(fields: dict[str, list[str]]) -> str:
                      for field, messages in fields.items() for message in messages)
 
 
+def _status_phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:  # a status outside the standard (a proxy's 499, say)
+        return "Error"
+
+
 def error_body(request: HttpRequest, *, status: int, code: str | None = None,
                message: str | Promise | None = None,
                fields: dict[str, list[str]] | None = None) -> dict[str, Any]:
     """The error body. Without a code or message, those of the status (ERROR_FOR_STATUS)."""
     kind = ERRORS.get(code or "") or ERROR_FOR_STATUS.get(status)
     if message is None:
-        message = kind.message if kind else HTTPStatus(status).phrase
+        message = kind.message if kind else _status_phrase(status)
     return {
         "error": {
             "status": status,

@@ -20,7 +20,7 @@ from rest_framework.response import Response
 from rest_framework.throttling import BaseThrottle
 from rest_framework.views import APIView
 
-from registry.api.errors import ERROR_CODES, ERROR_FOR_STATUS, detail_fields
+from registry.api.errors import ERROR_CODES, ERROR_FOR_STATUS, detail_fields, error_body
 from registry.api.pagination import API_PAGE_SIZE, API_PAGE_SIZE_MAX
 from registry.api.request_ids import REQUEST_ID_HEADER
 from registry.errors import NotPermitted, StaleEdit, ValidationFailed
@@ -316,3 +316,11 @@ def test_lists_are_paginated_with_a_bounded_page_size(client):
 
 def test_every_status_has_a_kind():
     assert set(ERROR_FOR_STATUS) == {400, 401, 403, 404, 405, 406, 409, 413, 415, 429, 500}
+
+
+def test_a_status_no_kind_names_still_gets_the_body(rf):
+    request = rf.get("/api/v1/anything/", HTTP_X_REQUEST_ID="r-1")
+    for status, message in [(502, "Bad Gateway"), (499, "Error")]:
+        assert error_body(request, status=status) == {
+            "error": {"status": status, "code": "error", "message": message, "fields": {}},
+            "request_id": "r-1"}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 import yaml
@@ -13,6 +14,7 @@ from drf_spectacular.validation import validate_schema
 
 from registry.api.errors import ERROR_CODES, ERROR_FOR_STATUS
 from registry.api.schema import STATUS_DESCRIPTIONS, error_responses
+from registry.api.scopes import Scope
 
 pytestmark = pytest.mark.postgres
 
@@ -125,3 +127,12 @@ def test_the_docs_page_and_its_assets_are_served_under_the_policy(static_client)
 def test_the_docs_are_offline(static_client):
     html = static_client.get(DOCS).content.decode()
     assert "http://" not in html and "https://" not in html
+
+
+def test_the_api_documentation_names_every_scope_and_error_code():
+    text = (Path(__file__).resolve().parents[2] / "docs" / "api.md").read_text()
+    for scope in Scope.values:
+        assert f"| `{scope}` |" in text, scope
+    for code in ERROR_CODES:
+        if code != "error":  # a status no kind names; not one the registry answers itself
+            assert f"| `{code}` |" in text, code
