@@ -32,6 +32,7 @@ ROLE_SCOPES: dict[str, frozenset[str]] = {
                              Scope.SCORING}),
     Role.INVESTIGATOR: frozenset({Scope.REQUESTS, Scope.RELEASES}),
     Role.COMMITTEE: frozenset({Scope.REQUESTS}),
+    Role.CHAIR: frozenset({Scope.REQUESTS}),
     Role.SITE_PI: frozenset({Scope.REQUESTS}),
     Role.ADMIN: frozenset(Scope.values),
 }
