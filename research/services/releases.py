@@ -26,14 +26,16 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import queue
 import secrets
 import shutil
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pandas as pd
 from django.contrib.auth.models import User
-from django.db import transaction
+from django.db import connection, transaction
 from django.http import Http404
 from django.utils import timezone
 
@@ -382,8 +384,8 @@ def _write_kind(writer: ReleaseWriter, kind, variables: list[catalog.Variable], 
     types |= {_LINKS[c][0]: "string" for c in links}
     types |= {v.column: _column_type(v) for v in variables}
     sink = writer.table(kind.extract_file, types)
-    for chunk in records_chunks(kind.name, sites=site_ids, as_of=as_of, columns=columns,
-                                chunk_bytes=CHUNK_BYTES):
+    for chunk in _read_ahead(lambda: records_chunks(kind.name, sites=site_ids, as_of=as_of,
+                                                    columns=columns, chunk_bytes=CHUNK_BYTES)):
         chunk = chunk[chunk["status"].isin(RELEASED_STATUSES)
                       & chunk["patient_id"].isin(study_ids.index)]
         patient = chunk["patient_id"].astype("int64")
@@ -397,6 +399,55 @@ def _write_kind(writer: ReleaseWriter, kind, variables: list[catalog.Variable], 
             out[variable.column] = _transform(variable, chunk, patient, index_dates, concepts)
         sink.write(out[list(types)])
     sink.close()
+
+
+_DONE = object()
+
+
+def _read_ahead(chunks: Callable[[], Iterator[pd.DataFrame]]) -> Iterator[pd.DataFrame]:
+    """The chunks, read one ahead by a thread of its own (its own database connection), so
+    PostgreSQL sends the next chunk while this one is transformed and written: two cores at
+    work instead of one. Inside a transaction (the caller's writes must be visible) the chunks
+    are read here, on the caller's connection."""
+    if connection.in_atomic_block:
+        yield from chunks()
+        return
+    ready: queue.Queue = queue.Queue(maxsize=1)
+    stop = threading.Event()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                ready.put(item, timeout=0.5)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def run() -> None:
+        try:
+            for chunk in chunks():
+                if not put(chunk):
+                    return
+            put(_DONE)
+        except BaseException as problem:  # handed to the consumer, raised there
+            put(problem)
+        finally:
+            connection.close()  # this thread's own connection
+
+    reader = threading.Thread(target=run, name="release-read-ahead", daemon=True)
+    reader.start()
+    try:
+        while True:
+            item = ready.get()
+            if item is _DONE:
+                break
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        reader.join()
 
 
 def kind_columns(kind, variables: list[catalog.Variable]) -> list[str]:

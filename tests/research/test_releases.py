@@ -345,3 +345,23 @@ def test_adverse_events_keep_their_cycle_reference(people, cohort, release_dir):
     assert len(events) == AdverseEvent.objects.filter(patient=cohort["a1"]).count() == 1
     assert events.loc[0, "cycle_ref"] in set(data["cycles"]["cycle_ref"])
     assert events.loc[0, "ae"] and events.loc[0, "grade"] == "3"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_release_is_built_outside_a_test_transaction(vocabulary, people, cohort, release_dir,
+                                                        django_capture_on_commit_callbacks):
+    """As the worker builds it: committed data, the next chunk read ahead by a thread of its
+    own, the release requested through the service (its task runs eagerly on commit)."""
+    request = approve(people["ivan"], people["carol"], people["cleo"], people["chad"])
+    opt(request, people["priya"])
+    opt(request, people["sam"])
+    with django_capture_on_commit_callbacks(execute=True):
+        release = release_request(request=request, acting_user=people["ivan"])
+    release.refresh_from_db()
+    assert release.status == Release.Status.READY
+    # The lung cancers (academic purpose: commercial consent covers it too).
+    assert release.patients == 6
+    data = tables(release, folder_of(release, release_dir))
+    assert len(data["cycles"]) == Cycle.objects.filter(
+        patient__in=[cohort[k].pk for k in ("a1", "a2", "a3", "b1", "b2")]).count()
+    assert release.history.filter(history_change_reason="release built").exists()
