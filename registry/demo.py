@@ -17,7 +17,11 @@ DEMO_USERS = [
     ("clerk_b", Role.CLERK, [1]),
     ("monitor", Role.MONITOR, [0, 1, 2]),
     ("pi_a", Role.SITE_PI, [0]),
+    ("pi_b", Role.SITE_PI, [1]),
+    # Three votes make the default quorum: two members and the chair.
     ("committee", Role.COMMITTEE, []),
+    ("committee_2", Role.COMMITTEE, []),
+    ("chair", Role.CHAIR, []),
     ("investigator", Role.INVESTIGATOR, []),
     ("partner", Role.PARTNER, []),
     ("admin", Role.ADMIN, []),
