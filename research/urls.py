@@ -1,6 +1,6 @@
 from django.urls import path
 
-from research.views import pages, requests
+from research.views import pages, releases, requests
 
 app_name = "research"
 
@@ -17,4 +17,8 @@ urlpatterns = [
     path("requests/<int:pk>/decision/", requests.decision, name="decision"),
     path("requests/<int:pk>/sites/<int:participation_id>/answer/", requests.answer,
          name="answer"),
+    path("requests/<int:pk>/releases/", releases.release_new, name="release_new"),
+    path("releases/<int:pk>/", releases.release_detail, name="release_detail"),
+    path("releases/<int:pk>/status", releases.release_status, name="release_status"),
+    path("releases/<int:pk>/files/<str:name>", releases.release_file, name="release_file"),
 ]

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from django.db.models import Q, QuerySet
-from django.utils import translation
+from django.utils import timezone, translation
 
 from registry.access import AnyUser, is_registry_admin, user_roles
 from registry.kinds import KINDS
@@ -33,6 +33,7 @@ from research.selectors.requests import (
     is_chair,
     is_committee,
     may_request,
+    on_team,
     participations_to_answer,
     pi_site_ids,
     releases_visible,
@@ -260,3 +261,31 @@ def requestable_by_table() -> list[tuple[str, str, list[tuple[catalog.Variable, 
         if found:
             out.append((name, table_label(name), found))
     return out
+
+
+# A release's page.
+
+@dataclass
+class ReleasePage:
+    release: Release
+    files: list
+    on_team: bool
+    may_download: bool
+    downloads: list  # shown to the team
+    k_levels: list[tuple[str, dict]]  # (quasi-identifier, its level entry)
+
+
+def release_page(user: AnyUser, release: Release) -> ReleasePage:
+    """What the release page shows `user` (who may see `release`: access_release). The team
+    downloads and sees the downloads; the committee and the admin see what was released."""
+    team = on_team(user, release.request)
+    downloads = []
+    if team:
+        downloads = list(release.downloads.select_related("user", "file").order_by("-at", "-id")
+                         [:HOME_LIST_MAX])
+    return ReleasePage(
+        release=release, files=list(release.files.order_by("name")), on_team=team,
+        may_download=team and release.status == Release.Status.READY
+        and release.expires_at > timezone.now(),
+        downloads=downloads,
+        k_levels=sorted((release.k_report or {}).get("levels", {}).items()))

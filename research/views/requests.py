@@ -147,8 +147,9 @@ def request_detail(request: HttpRequest, pk: int) -> HttpResponse:
     return _detail(request, access_request(request.user, pk))
 
 
-def _refused(request: HttpRequest, data_request: DataRequest, error: RegistryError,
-             key=None, form=None) -> HttpResponse:
+def refused_on_request_page(request: HttpRequest, data_request: DataRequest,
+                            error: RegistryError, key=None, form=None) -> HttpResponse:
+    """The request page again, with the reason a step was refused."""
     show_errors(request, form, error)
     data_request.refresh_from_db()
     return _detail(request, data_request, {key: form} if key else None,
@@ -162,7 +163,7 @@ def request_submit(request: HttpRequest, pk: int) -> HttpResponse:
     try:
         services.request_submit(request=data_request, acting_user=request.user)
     except RegistryError as error:
-        return _refused(request, data_request, error)
+        return refused_on_request_page(request, data_request, error)
     messages.success(request, _("Submitted to the committee."))
     return redirect("research:request_detail", pk=data_request.pk)
 
@@ -179,7 +180,7 @@ def vote(request: HttpRequest, pk: int) -> HttpResponse:
                             choice=form.cleaned_data["choice"],
                             comment=form.cleaned_data["comment"])
     except RegistryError as error:
-        return _refused(request, data_request, error, "vote", form)
+        return refused_on_request_page(request, data_request, error, "vote", form)
     messages.success(request, _("Your vote is recorded."))
     return redirect("research:request_detail", pk=data_request.pk)
 
@@ -195,7 +196,7 @@ def recusal(request: HttpRequest, pk: int) -> HttpResponse:
         committee.recusal_declare(request=data_request, acting_user=request.user,
                                   statement=form.cleaned_data["statement"])
     except RegistryError as error:
-        return _refused(request, data_request, error, "recusal", form)
+        return refused_on_request_page(request, data_request, error, "recusal", form)
     messages.success(request, _("Your conflict of interest is recorded; you no longer vote on "
                                 "this request."))
     return redirect("research:request_detail", pk=data_request.pk)
@@ -216,7 +217,7 @@ def decision(request: HttpRequest, pk: int) -> HttpResponse:
             approved_quasi_identifiers=form.cleaned_data["approved_quasi_identifiers"],
             k_anonymity=form.cleaned_data["k_anonymity"])
     except RegistryError as error:
-        return _refused(request, data_request, error, "decision", form)
+        return refused_on_request_page(request, data_request, error, "decision", form)
     messages.success(request, _("Decision recorded: %(outcome)s.") % {
         "outcome": made.get_outcome_display()})
     return redirect("research:request_detail", pk=data_request.pk)
@@ -236,6 +237,6 @@ def answer(request: HttpRequest, pk: int, participation_id: int) -> HttpResponse
                                        answer=form.cleaned_data["answer"],
                                        comment=form.cleaned_data["comment"])
     except RegistryError as error:
-        return _refused(request, data_request, error, key, form)
+        return refused_on_request_page(request, data_request, error, key, form)
     messages.success(request, _("%(site)s answered.") % {"site": participation.site.code})
     return redirect("research:request_detail", pk=data_request.pk)

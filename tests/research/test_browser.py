@@ -1,11 +1,14 @@
 """A data request's way through the committee in a real browser (Playwright driving Debian's
 Chromium): the investigator drafts it with the live feasibility count, two members vote, the
-chair decides, the site PI opts in."""
+chair decides, the site PI opts in, and the investigator downloads from the release."""
+
+import hashlib
+from pathlib import Path
 
 import pytest
 from playwright.sync_api import expect
 
-from research.models import DataRequest, Decision, SiteParticipation, Vote
+from research.models import DataRequest, Decision, Download, Release, SiteParticipation, Vote
 from tests.registry import test_browser as registry_browser
 from tests.research.conftest import submitted_patient
 
@@ -17,7 +20,7 @@ login = registry_browser.login
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
 
-def test_a_request_goes_from_draft_to_opt_in_in_the_browser(
+def test_a_request_goes_from_draft_to_download_in_the_browser(
         vocabulary, committee_rules, site_a, site_b, alice, bob, ivan, carol, cleo, chad, priya,
         live_server, page):
     for _ in range(13):
@@ -82,6 +85,20 @@ def test_a_request_goes_from_draft_to_opt_in_in_the_browser(
     page.click("#answer-SITE-A-save")
     page.wait_for_selector("text=SITE-A answered.")
 
+    # Ivan asks for a release (built by the task, eager here) and downloads its codebook.
+    login(page, base, "ivan")
+    page.goto(f"{base}/research/requests/{data_request.pk}/")
+    page.click("#request-release")
+    page.wait_for_selector("#files a:has-text('codebook.csv')")
+    assert page.locator("#release-status").inner_text() == "Ready"
+    with page.expect_download() as download:
+        page.click("#files a:has-text('codebook.csv')")
+    saved = download.value
+    assert saved.suggested_filename == "codebook.csv"
+    release = Release.objects.get(request=data_request)
+    codebook = release.files.get(name="codebook.csv")
+    assert hashlib.sha256(Path(saved.path()).read_bytes()).hexdigest() == codebook.sha256
+
     data_request.refresh_from_db()
     assert (data_request.status, data_request.revision) == (DataRequest.Status.APPROVED, 1)
     assert sorted(Vote.objects.values_list("member__username", "choice")) == [
@@ -91,3 +108,7 @@ def test_a_request_goes_from_draft_to_opt_in_in_the_browser(
     participation.refresh_from_db()
     assert (participation.answer, participation.answered_by, participation.comment) == (
         SiteParticipation.Answer.OPTED_IN, priya, "Glad to.")
+    assert (release.status, release.requested_by, release.patients) == (
+        Release.Status.READY, ivan, 13)
+    assert list(Download.objects.values_list("user__username", "file__name", "channel")) == [
+        ("ivan", "codebook.csv", "web")]

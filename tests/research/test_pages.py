@@ -5,20 +5,27 @@ Chinese."""
 
 from __future__ import annotations
 
+import datetime as dt
+import hashlib
+
 import pytest
 from django.contrib.auth.models import Permission
 from django.test import Client
+from django.utils import timezone
 
 from research.models import (
     Affiliation,
     DataRequest,
     Decision,
+    Download,
     Organisation,
     Recusal,
+    Release,
     SiteParticipation,
     Vote,
 )
-from research.services.committee import decision_record, vote_cast
+from research.services.committee import decision_record, participation_answer, vote_cast
+from research.services.releases import release_build, release_request
 from research.services.requests import request_create, request_submit
 from tests.research.conftest import submitted_patient
 
@@ -200,11 +207,12 @@ def test_a_request_from_draft_to_opt_in_over_http(vocabulary, committee_rules, s
 
     edited = client.post(f"/research/requests/{data_request.pk}/edit/",
                          form_data(title="Neutropenia by regimen", stage_groups="",
-                                   diagnosis_year_from="", chemotherapy=None))
+                                   diagnosis_year_from="", chemotherapy=None, team="pat"))
     assert edited.status_code == 302
     data_request.refresh_from_db()
     assert data_request.title == "Neutropenia by regimen"
     assert data_request.criteria == {"cancer": ["C34"]}
+    assert list(data_request.team.all()) == [pat]
 
     page = client.get(f"/research/requests/{data_request.pk}/")
     assert 'id="submit-request"' in page.text and 'id="vote-form"' not in page.text
@@ -253,6 +261,26 @@ def test_a_request_from_draft_to_opt_in_over_http(vocabulary, committee_rules, s
     page = client.get(f"/research/requests/{data_request.pk}/")
     assert "Not this year." in page.text and "sam" in page.text  # who declined is shown
     assert "Site tiers only." in page.text
+
+    # The release: queued, built by the (eager) task once the request commits, downloaded.
+    assert 'id="request-release"' in page.text
+    response = client.post(f"/research/requests/{data_request.pk}/releases/")
+    release = Release.objects.get(request=data_request)
+    assert response.status_code == 302
+    assert response["Location"] == f"/research/releases/{release.pk}/"
+    assert (release.status, release.requested_by) == (Release.Status.READY, ivan)
+    page = client.get(response["Location"])
+    assert f'href="/research/releases/{release.pk}/files/codebook.csv"' in page.text
+    codebook = release.files.get(name="codebook.csv")
+    assert codebook.sha256 in page.text
+    response = as_(pat).get(f"/research/releases/{release.pk}/files/codebook.csv")
+    assert response.status_code == 200
+    assert response["Content-Disposition"] == 'attachment; filename="codebook.csv"'
+    body = b"".join(response.streaming_content)
+    assert hashlib.sha256(body).hexdigest() == codebook.sha256
+    download = Download.objects.get()
+    assert (download.user, download.file, download.channel) == (pat, codebook, "web")
+    assert "codebook.csv" in client.get(f"/research/releases/{release.pk}/").text
 
 
 def test_a_declared_conflict_is_recorded_and_withdraws_the_vote(submitted, carol):
@@ -519,14 +547,105 @@ def test_catalog_filters_that_are_not_valid_are_ignored_with_a_warning(ivan):
     assert "labresult.value_canonical" in labs.text and "patient.sex" not in labs.text
 
 
+# Releases.
+
+@pytest.fixture
+def opted_in(approved, priya):
+    participation_answer(participation=approved.participations.get(site__code="SITE-A"),
+                         acting_user=priya, answer="opted_in")
+    return approved
+
+
+@pytest.fixture
+def built(opted_in, ivan, pat):
+    opted_in.team.add(pat)
+    release = release_request(request=opted_in, acting_user=ivan)
+    return release_build(release_id=release.pk)
+
+
+def test_release_pages_for_every_persona(people, built):
+    base = f"/research/releases/{built.pk}/"
+    urls = {"page": base, "status": base + "status", "file": base + "files/codebook.csv"}
+    # The team downloads; the committee and the admin see what was released; others nothing.
+    expected = {"team": {"page": 200, "status": 200, "file": 200},
+                "sees": {"page": 200, "status": 200, "file": 404},
+                "none": {"page": 404, "status": 404, "file": 404}}
+    who = {"ivan": "team", "pat": "team", "carol": "sees", "cleo": "sees", "chad": "sees",
+           "ada": "sees", "priya": "none", "sam": "none", "alice": "none", "mona": "none"}
+    problems = []
+    for persona, user in people.items():
+        client = as_(user)
+        for step, url in urls.items():
+            status = client.get(url).status_code
+            if status != expected[who[persona]][step]:
+                problems.append(f"{persona} {step}: {status}")
+    assert not problems, "\n".join(problems)
+    assert sorted(Download.objects.values_list("user__username", flat=True)) == ["ivan", "pat"]
+    assert as_(people["ivan"]).get(urls["status"]).json() == {
+        "status": "ready", "label": "Ready", "progress": 100, "note": ""}
+    team_page = as_(people["ivan"]).get(base)
+    assert 'id="downloads"' in team_page.text and 'id="k-report"' in team_page.text
+    committee_page = as_(people["carol"]).get(base)
+    assert 'id="downloads"' not in committee_page.text
+    assert f'href="{base}files/' not in committee_page.text
+
+
+@pytest.mark.parametrize("name", ["nope.csv", "../manifest.json", "x" * 10_000, "-1", "NaN",
+                                  "🧪", "codebook.csv.", "CODEBOOK.CSV"])
+def test_a_file_the_release_does_not_hold_is_not_found(built, ivan, name):
+    response = as_(ivan).get(f"/research/releases/{built.pk}/files/{name}")
+    assert response.status_code == 404
+    assert not Download.objects.exists()
+
+
+def test_a_download_after_the_access_period_is_refused(built, ivan):
+    Release.objects.filter(pk=built.pk).update(expires_at=timezone.now() - dt.timedelta(days=1))
+    response = as_(ivan).get(f"/research/releases/{built.pk}/files/codebook.csv")
+    assert response.status_code == 400
+    assert any("access period" in m for m in messages_of(response))
+    assert f'href="/research/releases/{built.pk}/files/' not in response.text
+    assert not Download.objects.exists()
+
+
+def test_a_release_not_built_yet_is_not_downloaded_and_its_page_polls(opted_in, ivan):
+    client = as_(ivan)
+    response = client.post(f"/research/requests/{opted_in.pk}/releases/")
+    release = Release.objects.get()
+    assert response.status_code == 302 and release.status == Release.Status.QUEUED
+    page = client.get(f"/research/releases/{release.pk}/")
+    assert 'id="release-poll"' in page.text
+    assert 'src="/static/research/release_detail.js"' in page.text
+    # A second one while the first is being built is refused.
+    again = client.post(f"/research/requests/{opted_in.pk}/releases/")
+    assert again.status_code == 400
+    assert any("already being built" in m for m in messages_of(again))
+    assert Release.objects.count() == 1
+
+
+def test_a_release_is_asked_only_by_the_team_once_a_site_opted_in(approved, ivan, carol,
+                                                                  priya):
+    refused = as_(ivan).post(f"/research/requests/{approved.pk}/releases/")
+    assert refused.status_code == 400
+    assert any("No site has opted in" in m for m in messages_of(refused))
+    assert 'id="request-release"' not in refused.text
+    participation_answer(participation=approved.participations.get(site__code="SITE-A"),
+                         acting_user=priya, answer="opted_in")
+    assert 'id="request-release"' in as_(ivan).get(f"/research/requests/{approved.pk}/").text
+    member = as_(carol).post(f"/research/requests/{approved.pk}/releases/")
+    assert member.status_code == 403
+    assert as_(priya).post(f"/research/requests/{approved.pk}/releases/").status_code == 403
+    assert not Release.objects.exists()
+
+
 # Chinese.
 
-def test_the_pages_render_in_chinese(approved, drafted, ivan, carol, chad, priya):
+def test_the_pages_render_in_chinese(built, drafted, ivan, carol, chad, priya):
+    approved = built.request
     shared = ["/research/", "/research/catalog/", f"/research/requests/{approved.pk}/"]
     pages = {ivan: [*shared, "/research/requests/new/",
                     f"/research/requests/{drafted.pk}/edit/", f"/research/requests/{drafted.pk}/",
-                    f"{FEASIBILITY}?sites=SITE-A"],
-             carol: shared, chad: shared, priya: shared}
+                    f"{FEASIBILITY}?sites=SITE-A", f"/research/releases/{built.pk}/"],
+             carol: [*shared, f"/research/releases/{built.pk}/"], chad: shared, priya: shared}
     for user, urls in pages.items():
         client = as_(user)
         for url in urls:
