@@ -20,21 +20,28 @@ import math
 from axes.admin import AccessAttemptAdmin, AccessFailureLogAdmin, AccessLogAdmin
 from axes.models import AccessAttempt, AccessFailureLog, AccessLog
 from django import forms
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.contrib.admin.utils import unquote
 from django.contrib.auth.admin import UserAdmin
 from django.contrib.auth.models import Group, User
 from django.core.exceptions import BadRequest, PermissionDenied, ValidationError
 from django.db import models, transaction
 from django.http import Http404
+from django.template.response import TemplateResponse
+from django.utils import timezone
+from django.utils.cache import add_never_cache_headers
 from django.utils.translation import gettext_lazy as _
+from django.utils.translation import ngettext
 from django_otp.plugins.otp_totp.models import TOTPDevice
 from simple_history.admin import SimpleHistoryAdmin
 from simple_history.utils import get_history_model_for_model
 
 from registry import access, limits
+from registry.api.scopes import Scope
+from registry.errors import NotPermitted, ValidationFailed
 from registry.models import (
     AdverseEvent,
+    ApiToken,
     Concept,
     ConceptSynonym,
     Cycle,
@@ -54,6 +61,8 @@ from registry.models import (
     UnitConversion,
     Vocabulary,
 )
+from registry.models.api import API_TOKEN_EXPIRES_DAYS_MAX, API_TOKEN_EXPIRES_DAYS_MIN
+from registry.services.api_tokens import api_token_check, api_token_create, api_token_revoke
 from registry.services.organisation import staff_grant_for_role
 
 # A reason typed here obeys the same limit as one typed on the registry's own pages.
@@ -550,3 +559,129 @@ for _model, _admin_class in [(AccessAttempt, LockoutAdmin), (AccessLog, LoginLog
                              (TOTPDevice, SecondFactorDeviceAdmin)]:
     admin.site.unregister(_model)
     admin.site.register(_model, _admin_class)
+
+
+# API tokens (docs/api.md): the registry admin's alone. Created through the service, whose text
+# is shown once, on the page that answers the creation, and kept nowhere; revoked through the
+# service; never edited or deleted (a revoked token stays, with who revoked it). The digest is
+# not shown anywhere.
+
+class ApiTokenAddForm(forms.ModelForm):
+    scopes = forms.MultipleChoiceField(
+        label=_("Scopes"), choices=Scope.choices, widget=forms.CheckboxSelectMultiple)
+    expires_days = forms.IntegerField(
+        label=_("Expires after (days)"), required=False,
+        min_value=API_TOKEN_EXPIRES_DAYS_MIN, max_value=API_TOKEN_EXPIRES_DAYS_MAX,
+        help_text=_("Empty: the token does not expire."))
+
+    # The registry admin creating the token (set by ApiTokenAdmin.get_form).
+    acting_user: User | None = None
+
+    class Meta:
+        model = ApiToken
+        fields = ["user", "name"]
+
+    def clean(self):
+        cleaned = super().clean()
+        if self.errors:
+            return cleaned
+        try:
+            cleaned["name"] = api_token_check(
+                user=cleaned["user"], name=cleaned["name"], scopes=cleaned["scopes"],
+                expires_days=cleaned.get("expires_days"), acting_user=self.acting_user)
+        except ValidationFailed as exc:
+            for field, field_messages in exc.errors.items():
+                for message in field_messages:
+                    self.add_error(field if field in self.fields else None, message)
+        except NotPermitted as exc:
+            self.add_error(None, exc.summary())
+        return cleaned
+
+
+@admin.register(ApiToken)
+class ApiTokenAdmin(RegistryAdminOnly, RefuseNulBytes, admin.ModelAdmin):
+    list_display = ["name", "user", "prefix", "scope_list", "state", "created_at", "expires_at",
+                    "last_used_at", "revoked_at"]
+    list_filter = ["revoked_at", "expires_at"]
+    search_fields = ["name", "prefix", "user__username"]
+    list_select_related = ["user"]
+    raw_id_fields = ["user"]
+    actions = ["revoke"]
+    VIEW_FIELDS = ["user", "name", "prefix", "scopes", "created_at", "created_by", "expires_at",
+                   "revoked_at", "revoked_by", "last_used_at"]
+    readonly_fields = VIEW_FIELDS
+
+    def has_add_permission(self, request, obj=None):
+        return _is_registry_admin(request)
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    def has_revoke_permission(self, request):
+        return _is_registry_admin(request)
+
+    def get_fields(self, request, obj=None):
+        return ["user", "name", "scopes", "expires_days"] if obj is None else self.VIEW_FIELDS
+
+    def get_readonly_fields(self, request, obj=None):
+        return [] if obj is None else self.VIEW_FIELDS
+
+    def get_form(self, request, obj=None, change=False, **kwargs):
+        if obj is None:
+            kwargs["form"] = type("ApiTokenAddForm", (ApiTokenAddForm,),
+                                  {"acting_user": request.user})
+        return super().get_form(request, obj, change=change, **kwargs)
+
+    def get_object(self, request, object_id, from_field=None):
+        obj = super().get_object(request, object_id, from_field)
+        if obj is None:
+            raise Http404("No API token matches the given query.")
+        return obj
+
+    @admin.display(description=_("Scopes"))
+    def scope_list(self, obj):
+        return ", ".join(obj.scopes)
+
+    @admin.display(description=_("State"))
+    def state(self, obj):
+        return ApiToken.State(obj.state_at(timezone.now())).label
+
+    def save_form(self, request, form, change):
+        # Only adding reaches here (nothing is changed in this admin): the service creates
+        # the token, and the admin logs and answers about the token it made.
+        data = form.cleaned_data
+        token, text = api_token_create(
+            user=data["user"], name=data["name"], scopes=data["scopes"],
+            expires_days=data.get("expires_days"), acting_user=request.user)
+        request._api_token_text = text
+        return token
+
+    def save_model(self, request, obj, form, change):
+        pass  # saved by api_token_create in save_form
+
+    def save_related(self, request, form, formsets, change):
+        pass
+
+    def response_add(self, request, obj, post_url_continue=None):
+        """The token's text, once, on this page: the message is read while the page renders,
+        so it is never stored in the session or a cookie; the page is not cached."""
+        messages.success(request, _(
+            "The token %(name)s for %(user)s is %(text)s. Copy it now: it is shown only "
+            "once and cannot be recovered.") % {
+            "name": obj.name, "user": obj.user.username, "text": request._api_token_text})
+        response = TemplateResponse(request, "admin/registry/apitoken/created.html", {
+            **self.admin_site.each_context(request),
+            "title": _("API token created"), "opts": self.opts, "token": obj,
+        })
+        add_never_cache_headers(response)
+        return response
+
+    @admin.action(description=_("Revoke the selected API tokens"), permissions=["revoke"])
+    def revoke(self, request, queryset):
+        revoked = 0
+        for token in queryset.filter(revoked_at__isnull=True):
+            api_token_revoke(token=token, acting_user=request.user)
+            revoked += 1
+        self.message_user(request, ngettext("%(count)d API token revoked.",
+                                            "%(count)d API tokens revoked.", revoked)
+                          % {"count": revoked})

@@ -34,6 +34,8 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "rest_framework",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",  # Swagger UI's files, served by the registry itself (offline)
     "simple_history",
     "axes",
     "django_otp",
@@ -45,6 +47,9 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # First, so that every response has its request id and every API error its body.
+    "registry.api.middleware.RequestIdMiddleware",
+    "registry.api.middleware.ApiErrorMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -273,11 +278,39 @@ CELERY_BEAT_SCHEDULE: dict = {
     "releases-expire": {"task": "research.releases_expire", "schedule": 3600.0},
 }
 
+# The REST API under /api/v1/ (docs/api.md, registry/api/).
 REST_FRAMEWORK = {
+    # The bearer token first: its challenge is what every 401 carries.
     "DEFAULT_AUTHENTICATION_CLASSES": [
+        "registry.api.authentication.BearerTokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_PAGINATION_CLASS": "registry.api.pagination.ApiPagination",
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "EXCEPTION_HANDLER": "registry.api.errors.exception_handler",
+    # Messages about the input as a whole: the key registry.errors and Django use.
+    "NON_FIELD_ERRORS_KEY": "__all__",
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Oncology registry API",
+    "DESCRIPTION": "The registry's REST API. Authentication, scopes, the error body, request "
+                   "ids and pagination are described in docs/api.md.",
+    "VERSION": "v1",
+    "SCHEMA_PATH_PREFIX": r"/api/v1",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "COMPONENT_SPLIT_REQUEST": True,
+    "ENUM_NAME_OVERRIDES": {
+        "ErrorCode": "registry.api.errors.ERROR_CODES",
+        "Role": "registry.models.organisation.Role",
+        "Scope": "registry.api.scopes.Scope",
+    },
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "SWAGGER_UI_SETTINGS": {"deepLinking": True, "validatorUrl": None},
 }
 
 # Security: strict by default outside DEBUG; a TLS-terminating proxy sets X-Forwarded-Proto.

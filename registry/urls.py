@@ -34,6 +34,7 @@ urlpatterns = [
     path("quality/<str:code>/<str:check_code>/", quality.failing_records,
          name="quality_records"),
     path("models/", include("predictions.urls")),
+    path("api/v1/", include("registry.api.urls")),
     path("research/", include("research.urls")),
     path("terms/suggest", terms.suggest, name="term_suggest"),
     path("terms/grades", terms.grades, name="term_grades"),

@@ -1,3 +1,4 @@
+from registry.models.api import ApiToken
 from registry.models.clinical import (
     AdverseEvent,
     Cycle,
@@ -31,6 +32,7 @@ DERIVED_MODELS = (QualityRun, QualityResult)
 __all__ = [
     "DERIVED_MODELS",
     "AdverseEvent",
+    "ApiToken",
     "Concept",
     "ConceptSynonym",
     "Cycle",

@@ -210,33 +210,31 @@ def _copy_chunks(sql: str, params: Sequence, types: dict[str, str], *, chunk_byt
     """Like _copy_frame, yielding a frame each time about `chunk_bytes` of whole rows arrived.
     (Rows are cut at a newline outside quotes: text values can hold newlines.)"""
     connection.ensure_connection()
-    header = b""
-    pending = bytearray()
+    parts: list[bytes] = []
+    size = 0
     yielded = False
     with connection.connection.cursor() as cursor:
         statement = (f"COPY ({_outer_sql(sql, types)}) TO STDOUT WITH (FORMAT csv, HEADER, "
                      f"NULL '{_NULL}')")
         with cursor.copy(statement, params) as copy:
+            header = bytes(next(iter(copy), b""))  # COPY sends the header as its first row
             for chunk in copy:
-                pending += chunk
-                if not header:
-                    end = pending.find(b"\n")
-                    if end < 0:
-                        continue
-                    header = bytes(pending[:end + 1])
-                    del pending[:end + 1]
-                if len(pending) >= chunk_bytes:
-                    cut = _last_row_end(pending)
+                parts.append(chunk)
+                size += len(chunk)
+                if size >= chunk_bytes:
+                    data = b"".join(parts)
+                    cut = _last_row_end(data)
                     if cut > 0:
-                        yield _parse(io.BytesIO(header + bytes(pending[:cut])), types)
+                        yield _parse(io.BytesIO(header + data[:cut]), types)
                         yielded = True
-                        del pending[:cut]
-    if pending or not yielded:  # the rest; an empty frame when there were no rows at all
-        yield _parse(io.BytesIO((header or (",".join(types) + "\n").encode()) + bytes(pending)),
-                     types)
+                        data = data[cut:]
+                    parts, size = [data], len(data)
+    rest = b"".join(parts)
+    if rest or not yielded:  # the rest; an empty frame when there were no rows at all
+        yield _parse(io.BytesIO((header or (",".join(types) + "\n").encode()) + rest), types)
 
 
-def _last_row_end(data: bytearray) -> int:
+def _last_row_end(data: bytes) -> int:
     """The offset just after the last newline that ends a row (an even number of quotes
     before it), or 0."""
     end = data.rfind(b"\n")

@@ -22,6 +22,7 @@ from registry.admin import CHANGE_REASON_MAX_LENGTH, DELETED_IN_ADMIN, ReasonFor
 from registry.audit import audited_save
 from registry.models import (
     DERIVED_MODELS,
+    ApiToken,
     Concept,
     ConceptSynonym,
     DataQuery,
@@ -44,7 +45,10 @@ from tests.registry import factories
 
 pytestmark = [pytest.mark.postgres]
 
-REGISTRY_MODELS = [m for m in django_admin.site._registry if m._meta.app_label == "registry"]
+# API tokens are the registry admin's alone, with pages of their own (test_api_admin.py).
+REGISTRY_ADMIN_ONLY_MODELS = [ApiToken]
+REGISTRY_MODELS = [m for m in django_admin.site._registry if m._meta.app_label == "registry"
+                   and m not in REGISTRY_ADMIN_ONLY_MODELS]
 ADMIN_MODELS = [*REGISTRY_MODELS, User]
 LOGIN_DEFENCE_MODELS = [AccessAttempt, AccessLog, AccessFailureLog, TOTPDevice]
 # Registry-wide reference data: the registry admin changes it, with a reason.
@@ -415,7 +419,8 @@ def test_the_registry_admin_sees_every_model(client, world, ada):
     assert index.status_code == 200
     assert "You don’t have permission to view or edit anything" not in index.text
     shown = {m["object_name"] for app in index.context["app_list"] for m in app["models"]}
-    assert shown == {m.__name__ for m in [*ADMIN_MODELS, *LOGIN_DEFENCE_MODELS]}
+    assert shown == {m.__name__ for m in [*ADMIN_MODELS, *LOGIN_DEFENCE_MODELS,
+                                          *REGISTRY_ADMIN_ONLY_MODELS]}
 
 
 def test_django_permissions_alone_open_nothing(client, world, carol):
@@ -629,9 +634,11 @@ def test_every_registry_model_is_in_the_admin():
 
     models = {m for m in apps.get_app_config("registry").get_models()
               if not m.__name__.startswith("Historical") and m not in DERIVED_MODELS}
-    assert models - set(REGISTRY_MODELS) == {ConceptSynonym}  # edited inline in Concept
+    # ConceptSynonym is edited inline in Concept.
+    assert models - set(REGISTRY_MODELS) - set(REGISTRY_ADMIN_ONLY_MODELS) == {ConceptSynonym}
     # Roles live in memberships: Django's groups (and permissions) are not offered at all.
-    assert set(django_admin.site._registry) == set(ADMIN_MODELS) | set(LOGIN_DEFENCE_MODELS)
+    assert set(django_admin.site._registry) == (
+        set(ADMIN_MODELS) | set(LOGIN_DEFENCE_MODELS) | set(REGISTRY_ADMIN_ONLY_MODELS))
 
 
 

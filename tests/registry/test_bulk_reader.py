@@ -254,3 +254,31 @@ def test_patients_narrow_the_rows_and_keep_their_context(kind, cohort, site_a):
         expected = whole[whole[key] == patient.pk].reset_index(drop=True)
         assert len(expected) > 0
         pd.testing.assert_frame_equal(narrowed, expected)
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("chunk_bytes", [1, 200, 1 << 20])
+def test_chunks_joined_equal_the_frame_even_with_newlines_and_quotes(site_a, alice, chunk_bytes):
+    from registry.selectors.bulk import records_chunks
+
+    for n, cause in enumerate(['line one\nline "two"', 'a,"b"\r\nc', "plain", ""]):
+        p = factories.patient(site_a, alice)
+        clinical.diagnosis_record(patient=p, diagnosis_date=dt.date(2020, 1, 1), cancer="C34",
+                                  acting_user=alice)
+        clinical.followup_record(patient=p, followup_date=dt.date(2020, 2, 1 + n),
+                                 vital_status="dead", cause_of_death=cause, acting_user=alice)
+    whole = records_frame("followup", sites=ALL_SITES)
+    chunks = list(records_chunks("followup", sites=ALL_SITES, chunk_bytes=chunk_bytes))
+    assert len(chunks) >= (2 if chunk_bytes == 1 else 1)
+    joined = pd.concat(chunks, ignore_index=True)
+    pd.testing.assert_frame_equal(joined, whole)
+    assert set(whole["cause_of_death"]) >= {'line one\nline "two"', 'a,"b"\r\nc'}
+
+
+@pytest.mark.django_db
+def test_chunks_of_nothing_are_one_empty_frame_with_the_columns(site_a):
+    from registry.selectors.bulk import records_chunks
+
+    chunks = list(records_chunks("labresult", sites=[site_a.pk], columns=["id", "value"]))
+    assert len(chunks) == 1 and chunks[0].empty
+    assert list(chunks[0].columns) == ["id", "site_id", "value"]
