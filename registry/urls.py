@@ -35,6 +35,7 @@ urlpatterns = [
          name="quality_records"),
     path("models/", include("predictions.urls")),
     path("api/v1/", include("registry.api.urls")),
+    path("research/", include("research.urls")),
     path("terms/suggest", terms.suggest, name="term_suggest"),
     path("terms/grades", terms.grades, name="term_grades"),
     path("terms/lab-preview", terms.lab_preview, name="lab_preview"),

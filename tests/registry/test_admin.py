@@ -50,6 +50,8 @@ REGISTRY_ADMIN_ONLY_MODELS = [ApiToken]
 REGISTRY_MODELS = [m for m in django_admin.site._registry if m._meta.app_label == "registry"
                    and m not in REGISTRY_ADMIN_ONLY_MODELS]
 ADMIN_MODELS = [*REGISTRY_MODELS, User]
+# The committee's models: the registry admin's alone, tested in tests/research/test_pages.py.
+RESEARCH_MODELS = [m for m in django_admin.site._registry if m._meta.app_label == "research"]
 LOGIN_DEFENCE_MODELS = [AccessAttempt, AccessLog, AccessFailureLog, TOTPDevice]
 # Registry-wide reference data: the registry admin changes it, with a reason.
 EDITABLE = {Site, Department, Membership, Vocabulary, Concept, UnitConversion}
@@ -420,7 +422,7 @@ def test_the_registry_admin_sees_every_model(client, world, ada):
     assert "You don’t have permission to view or edit anything" not in index.text
     shown = {m["object_name"] for app in index.context["app_list"] for m in app["models"]}
     assert shown == {m.__name__ for m in [*ADMIN_MODELS, *LOGIN_DEFENCE_MODELS,
-                                          *REGISTRY_ADMIN_ONLY_MODELS]}
+                                          *REGISTRY_ADMIN_ONLY_MODELS, *RESEARCH_MODELS]}
 
 
 def test_django_permissions_alone_open_nothing(client, world, carol):
@@ -638,7 +640,12 @@ def test_every_registry_model_is_in_the_admin():
     assert models - set(REGISTRY_MODELS) - set(REGISTRY_ADMIN_ONLY_MODELS) == {ConceptSynonym}
     # Roles live in memberships: Django's groups (and permissions) are not offered at all.
     assert set(django_admin.site._registry) == (
-        set(ADMIN_MODELS) | set(LOGIN_DEFENCE_MODELS) | set(REGISTRY_ADMIN_ONLY_MODELS))
+        set(ADMIN_MODELS) | set(LOGIN_DEFENCE_MODELS) | set(REGISTRY_ADMIN_ONLY_MODELS)
+        | set(RESEARCH_MODELS))
+    # Every model of the committee is there (never its history tables).
+    assert set(RESEARCH_MODELS) == {
+        m for m in apps.get_app_config("research").get_models()
+        if not m.__name__.startswith("Historical")}
 
 
 
