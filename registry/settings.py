@@ -306,6 +306,10 @@ SPECTACULAR_SETTINGS = {
         "ErrorCode": "registry.api.errors.ERROR_CODES",
         "Role": "registry.models.organisation.Role",
         "Scope": "registry.api.scopes.Scope",
+        # The committee's endpoints (research/api/); named by path, not imported.
+        "DataRequestStatus": "research.models.DataRequest.Status",
+        "ReleaseStatus": "research.models.Release.Status",
+        "VoteChoice": "research.models.VoteChoice",
     },
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",

@@ -5,7 +5,7 @@ as registry/urls.py includes predictions.urls: the registry imports no other app
 Names are in the "api" namespace (`reverse("api:me")`).
 """
 
-from django.urls import path
+from django.urls import include, path
 
 from registry.api import views
 
@@ -15,4 +15,5 @@ urlpatterns = [
     path("me/", views.MeView.as_view(), name="me"),
     path("schema/", views.SchemaView.as_view(), name="schema"),
     path("docs/", views.DocsView.as_view(), name="docs"),
+    path("", include("research.api_urls")),
 ]

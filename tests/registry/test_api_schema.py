@@ -44,7 +44,8 @@ def test_the_schema_documents_me_with_its_errors(schema):
         "$ref": "#/components/schemas/Error"}
     assert {"bearerAuth": []} in me["security"]
     # The schema and docs endpoints themselves are not API operations.
-    assert set(schema["paths"]) == {"/api/v1/me/"}
+    assert "/api/v1/me/" in schema["paths"]
+    assert not {"/api/v1/schema/", "/api/v1/docs/"} & set(schema["paths"])
 
 
 def test_the_schema_has_the_bearer_scheme_and_the_error_body(schema):
