@@ -56,11 +56,11 @@ from research.selectors.api import (
     participations_listed,
     releases_listed,
     request_detail,
-    request_feasibility,
     request_releases,
     request_votes,
     requests_listed,
 )
+from research.selectors.cohort import request_feasibility
 from research.selectors.requests import access_release, access_request
 from research.services.committee import (
     decision_record,

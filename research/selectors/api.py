@@ -14,9 +14,7 @@ from django.http import Http404
 
 from registry.access import AnyUser, is_registry_admin
 from registry.errors import NotPermitted
-from research.disclosure import Disclosed
 from research.models import DataRequest, Decision, Recusal, Release, SiteParticipation, Vote
-from research.selectors.cohort import feasibility_count
 from research.selectors.requests import (
     is_committee,
     participations_to_answer,
@@ -72,14 +70,6 @@ def request_votes(user: AnyUser, request: DataRequest) -> QuerySet[Vote]:
     if not may_see_votes(user):
         raise NotPermitted("Only committee members read the votes.")
     return request.votes.select_related("member").order_by("revision", "cast_at", "id")
-
-
-def request_feasibility(request: DataRequest) -> Disclosed:
-    """The size of the request's cohort (its criteria, purpose and active sites) as it may be
-    shown."""
-    return feasibility_count(
-        criteria=request.criteria, purpose=request.purpose,
-        site_ids=request.sites.filter(is_active=True).values_list("pk", flat=True))
 
 
 def access_participation(user: AnyUser, pk: int) -> SiteParticipation:

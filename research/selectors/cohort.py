@@ -105,3 +105,11 @@ def cohort_mask(*, patients: pd.DataFrame, diagnoses: pd.DataFrame, lines: pd.Da
         treated = lines.loc[lines["status"].isin(released), "patient_id"].dropna()
         mask &= patients["id"].isin(set(treated))
     return mask.fillna(False).astype(bool)
+
+
+def request_feasibility(request) -> Disclosed:
+    """The size of a data request's cohort (its criteria, purpose and active sites) as it may
+    be shown."""
+    return feasibility_count(
+        criteria=request.criteria, purpose=request.purpose,
+        site_ids=request.sites.filter(is_active=True).values_list("pk", flat=True))

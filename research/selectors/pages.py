@@ -26,7 +26,7 @@ from research.models import (
     Vote,
     VoteChoice,
 )
-from research.selectors.cohort import feasibility_count
+from research.selectors.cohort import request_feasibility
 from research.selectors.requests import (
     COMMITTEE_ROLES,
     REQUESTER_ROLES,
@@ -110,13 +110,6 @@ def research_home(user: AnyUser) -> dict:
         home["all_requests"] = list(DataRequest.objects.select_related("requester")
                                     .order_by("-id")[:HOME_LIST_MAX])
     return home
-
-
-def request_feasibility(request: DataRequest) -> Disclosed:
-    """The request's cohort as it may be shown (its criteria, purpose and active sites)."""
-    return feasibility_count(
-        criteria=request.criteria, purpose=request.purpose,
-        site_ids=request.sites.filter(is_active=True).values_list("pk", flat=True))
 
 
 @dataclass

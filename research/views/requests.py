@@ -27,11 +27,10 @@ from research.forms import (
     VoteForm,
 )
 from research.models import DataRequest, Purpose
-from research.selectors.cohort import feasibility_count
+from research.selectors.cohort import feasibility_count, request_feasibility
 from research.selectors.pages import (
     active_sites,
     quasi_identifier_choices,
-    request_feasibility,
     request_page,
     requestable_by_table,
 )

@@ -82,6 +82,7 @@ def test_each_role_holds_the_scopes_the_design_gives_it():
         Role.PARTNER: {"aggregates", "feasibility", "releases", "scoring"},
         Role.INVESTIGATOR: {"requests", "releases"},
         Role.COMMITTEE: {"requests"},
+        Role.CHAIR: {"requests"},
         Role.SITE_PI: {"requests"},
         Role.ADMIN: set(Scope.values),
     } == ROLE_SCOPES

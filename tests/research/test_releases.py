@@ -365,3 +365,46 @@ def test_a_release_is_built_outside_a_test_transaction(vocabulary, people, cohor
     assert len(data["cycles"]) == Cycle.objects.filter(
         patient__in=[cohort[k].pk for k in ("a1", "a2", "a3", "b1", "b2")]).count()
     assert release.history.filter(history_change_reason="release built").exists()
+
+
+def test_release_verify_command_reports_identical_then_a_difference(people, cohort,
+                                                                    release_dir, alice):
+    from io import StringIO
+
+    from django.core.management import CommandError, call_command
+
+    request = approve(people["ivan"], people["carol"], people["cleo"], people["chad"])
+    opt(request, people["priya"])
+    release = build(request, people["ivan"])
+    out = StringIO()
+    call_command("release_verify", str(release.pk), stdout=out)
+    assert "byte-identical" in out.getvalue()
+    patient_withdraw(patient=cohort["a2"], withdrawn_date=timezone.localdate(),
+                     acting_user=alice, reason="patient asked")
+    with pytest.raises(CommandError, match="differs"):
+        call_command("release_verify", str(release.pk))
+    with pytest.raises(CommandError, match="No release"):
+        call_command("release_verify", "999999")
+
+
+def test_a_failed_build_is_recorded_and_the_task_does_not_raise(people, cohort, release_dir,
+                                                              monkeypatch):
+    from research import tasks
+    from research.services import releases
+
+    request = approve(people["ivan"], people["carol"], people["cleo"], people["chad"])
+    opt(request, people["priya"])
+    release = release_request(request=request, acting_user=people["ivan"])
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(releases, "_build_into", broken)
+    assert tasks.release_build_task(release.pk) == Release.Status.FAILED
+    release.refresh_from_db()
+    assert release.status == Release.Status.FAILED and "disk full" in release.error
+    assert not folder_of(release, release_dir).exists()
+    # The team may ask again: a failed build does not block the next.
+    monkeypatch.undo()
+    again = release_request(request=request, acting_user=people["ivan"])
+    assert again.number == release.number + 1
