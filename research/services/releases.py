@@ -70,8 +70,10 @@ log = logging.getLogger(__name__)
 Progress = Callable[[int, str], None]
 
 CSV_ZIP = "data-csv.zip"
-# Rows per streamed chunk of a record kind (as COPY bytes).
-CHUNK_BYTES = 32 << 20
+# Rows per streamed chunk of a record kind (as COPY bytes). Memory holds about two chunks'
+# frames (one being written, one read ahead): 8 MiB kept the build's growth near 400 MiB at
+# 50,000 patients, against 1.1 GiB with 32 MiB, at the same speed.
+CHUNK_BYTES = 8 << 20
 
 # Columns pointing at a parent record, released as the parent's reference, and the kinds that
 # have a reference of their own (other rows point at them).
