@@ -14,6 +14,7 @@ registry's own admin (registry.admin), never by Django's model permissions or gr
 from django.contrib import admin
 from django.http import Http404
 
+from registry import admin as registry_admin
 from registry.admin import RefuseNulBytes, RegistryAdmin, _is_registry_admin
 from research.models import (
     Affiliation,
@@ -30,20 +31,9 @@ from research.models import (
 from research.services.requests import affiliation_set, organisation_upsert
 
 
-class RegistryAdminOnly:
-    """Seen by the registry admin alone; read-only unless a subclass says otherwise."""
-
-    def has_module_permission(self, request):
-        return _is_registry_admin(request)
-
-    def has_view_permission(self, request, obj=None):
-        return _is_registry_admin(request)
-
-    def has_add_permission(self, request, obj=None):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
+class RegistryAdminOnly(registry_admin.RegistryAdminOnly):
+    """Seen by the registry admin alone; read-only (nothing is deleted here either) unless a
+    subclass says otherwise."""
 
     def has_delete_permission(self, request, obj=None):
         return False
