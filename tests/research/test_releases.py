@@ -408,3 +408,28 @@ def test_a_failed_build_is_recorded_and_the_task_does_not_raise(people, cohort, 
     monkeypatch.undo()
     again = release_request(request=request, acting_user=people["ivan"])
     assert again.number == release.number + 1
+
+
+def test_released_cycles_equal_the_source_rows_after_the_documented_transformations(
+        people, cohort, release_dir):
+    from research.release.deid import pseudonyms
+
+    request = approve(people["ivan"], people["carol"], people["cleo"], people["chad"])
+    opt(request, people["priya"])
+    opt(request, people["sam"])
+    release = build(request, people["ivan"])
+    released = tables(release, folder_of(release, release_dir))["cycles"][
+        ["study_id", "cycle_no", "start_date_day"]]
+    members = Patient.objects.filter(pk__in=[cohort[k].pk for k in ("a1", "a2", "a3", "b1",
+                                                                     "b2", "b3")])
+    study = dict(zip(members.values_list("pk", flat=True),
+                     pseudonyms(pd.Series([str(p.pk) for p in members]),
+                                bytes.fromhex(release.key)), strict=True))
+    first = {p.pk: min(d.diagnosis_date for d in p.diagnoses.all()) for p in members}
+    expected = pd.DataFrame(
+        [(study[c.patient_id], str(c.cycle_no), str((c.start_date - first[c.patient_id]).days))
+         for c in Cycle.objects.filter(patient__in=members)],
+        columns=["study_id", "cycle_no", "start_date_day"])
+    order = ["study_id", "cycle_no"]
+    pd.testing.assert_frame_equal(released.sort_values(order).reset_index(drop=True),
+                                  expected.sort_values(order).reset_index(drop=True))
