@@ -184,7 +184,7 @@ def test_the_admin_user_form_refuses_a_weak_password(client, db):
 def test_who_must_use_a_second_factor(request, persona, required):
     user = request.getfixturevalue(persona)
     assert second_factor_required(user) is required
-    assert {Role.MONITOR, Role.COMMITTEE, Role.ADMIN} == SECOND_FACTOR_ROLES
+    assert {Role.MONITOR, Role.COMMITTEE, Role.CHAIR, Role.ADMIN} == SECOND_FACTOR_ROLES
 
 
 @pytest.mark.django_db(transaction=True)
