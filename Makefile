@@ -26,10 +26,11 @@ install-dev: $(VENV)/.installed-dev
 
 ## demo: the embedded registry (SQLite, eager Celery) with demo logins, on http://127.0.0.1:8000
 demo: $(VENV)/.installed
-	DEBUG=true $(BIN)/python manage.py migrate --noinput
-	DEBUG=true $(BIN)/python manage.py demo_setup
+	$(BIN)/python -m registry.envfile
+	$(BIN)/python manage.py migrate --noinput
+	$(BIN)/python manage.py demo_setup
 	@echo "Serving on http://127.0.0.1:8000 (Ctrl-C to stop)"
-	DEBUG=true $(BIN)/python manage.py runserver 127.0.0.1:8000
+	$(BIN)/python manage.py runserver 127.0.0.1:8000
 
 ## test: the whole suite; on PostgreSQL and Redis when set or reachable on 127.0.0.1
 test: $(VENV)/.installed-dev

@@ -7,6 +7,9 @@ import sys
 
 def main() -> None:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "registry.settings")
+    from registry.envfile import env_file_load
+
+    env_file_load()  # a development checkout's .env (make demo); the environment wins
     from django.core.exceptions import ImproperlyConfigured
     from django.core.management import execute_from_command_line
 

@@ -535,3 +535,110 @@ def score_benchmark(*, patients: int, progress=print, samples: int = LATENCY_SAM
     for figure in figures:
         figure.extra = {"patients": patients, **(figure.extra or {})}
     return figures
+
+
+# --- benchmark api -------------------------------------------------------------------------
+
+# Concurrent clients of `benchmark api` (the issue's figure) and the server's workers: one
+# process per core, each with threads enough that every client is served at once.
+API_CLIENTS = 16
+API_SERVER_WORKERS = 2
+API_SERVER_THREADS = 8
+API_SERVER_START_S = 120.0
+# Feature rows of the batch score (the API's own batch limit).
+API_BATCH_CYCLES = 1000
+
+
+@contextlib.contextmanager
+def _api_server(database: str, folder: Path, progress) -> Iterator[str]:
+    """The registry served by gunicorn (a process of its own, as deployed) on the scratch
+    database; yields its base URL. Disclosure control and rate limits stay as configured,
+    except the privacy budget and the rate limits, which a benchmark of 16 clients would
+    exhaust (they are measured by the tests, not here)."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    db = connection.settings_dict
+    url = (f"postgres://{quote(db['USER'] or '')}@{db['HOST'] or '127.0.0.1'}:"
+           f"{db['PORT'] or 5432}/{database}")
+    env = {**os.environ, "DATABASE_URL": url, "MODEL_ARTIFACT_DIR": str(folder),
+           "DEBUG": "false", "ALLOWED_HOSTS": "127.0.0.1", "SECURE_SSL_REDIRECT": "false",
+           "PARTNER_EPSILON_BUDGET": "1000000000", "API_RATE_LIMIT_SCALE": "1000000"}
+    command = [sys.executable, "-m", "gunicorn", "registry.wsgi:application",
+               "--bind", f"127.0.0.1:{port}", "--workers", str(API_SERVER_WORKERS),
+               "--threads", str(API_SERVER_THREADS), "--log-level", "warning"]
+    server = subprocess.Popen(command, env=env, cwd=settings.BASE_DIR,  # noqa: S603
+                              start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        started = time.monotonic()
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1):
+                    break
+            except OSError:
+                if server.poll() is not None:
+                    raise RuntimeError(f"gunicorn ended with {server.returncode}") from None
+                if time.monotonic() - started > API_SERVER_START_S:
+                    raise RuntimeError("gunicorn did not start listening") from None
+                time.sleep(0.2)
+        progress(f"gunicorn on {base}: {API_SERVER_WORKERS} workers x "
+                 f"{API_SERVER_THREADS} threads")
+        yield base
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=WORKER_STOP_S)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
+
+
+def _api_load(base: str, token: str, requests: list[tuple[str, str, bytes | None]],
+              clients: int) -> tuple[list[float], float]:
+    """Send `requests` (method, path, JSON body) from `clients` threads, each on its own
+    keep-alive connection; (latencies in s, wall seconds). Any answer but 200 is an error."""
+    import http.client
+    import threading
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(base)
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json",
+               "Accept": "application/json"}
+    latencies: list[float] = []
+    failures: list[str] = []
+    lock = threading.Lock()
+    shares = [requests[i::clients] for i in range(clients)]
+
+    def client(share) -> None:
+        conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=120)
+        mine = []
+        try:
+            for method, path, body in share:
+                started = time.perf_counter()
+                conn.request(method, path, body=body, headers=headers)
+                response = conn.getresponse()
+                payload = response.read()
+                mine.append(time.perf_counter() - started)
+                if response.status != 200:
+                    with lock:
+                        failures.append(f"{method} {path}: {response.status} "
+                                        f"{payload[:300]!r}")
+                    return
+        finally:
+            conn.close()
+            with lock:
+                latencies.extend(mine)
+
+    threads = [threading.Thread(target=client, args=(share,)) for share in shares if share]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    wall = time.perf_counter() - started
+    if failures:
+        raise RuntimeError(f"{len(failures)} requests failed, first: {failures[0]}")
+    return latencies, wall
