@@ -65,3 +65,14 @@ def test_a_readme_command_works_in_a_checkout_after_make_demo(tmp_path):
     written = _manage_check(tmp_path / ".env")
     assert written.returncode == 0, written.stderr
     assert "no issues" in written.stdout
+
+
+def test_every_manage_py_command_the_readme_names_exists():
+    import re
+
+    from django.core.management import get_commands
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    named = set(re.findall(r"python manage\.py ([a-z_]+)", readme))
+    assert named, "the README names no manage.py command"
+    assert named - set(get_commands()) == set()
