@@ -24,6 +24,7 @@ from registry.models import (
 from registry.services.mapping import (
     REVIEW_ROLES,
     USES,
+    has_clear_margin,
     mapping_reject,
     mapping_review_approve,
     recode_pending,
@@ -31,6 +32,7 @@ from registry.services.mapping import (
     term_mark_unmappable,
 )
 from registry.services.organisation import require_site_role
+from registry.suggestion_scoring import MIN_MARGIN, suggestion_margin
 from registry.views.common import id_param, ids_param, redirect_back, search_too_long
 
 PAGE_SIZE = 25
@@ -86,9 +88,12 @@ def review_queue(request: HttpRequest) -> HttpResponse:
         if not suggestions:
             suggestions = [s.as_dict() for s in suggest(term.domain, term.text, site=term.site,
                                                         limit=3)]
-        rows.append({"term": term, "suggestions": suggestions, "samples": _samples(term, waiting)})
+        margin = suggestion_margin([s["score"] for s in suggestions[:2]])
+        rows.append({"term": term, "suggestions": suggestions, "samples": _samples(term, waiting),
+                     "margin": margin, "clear": bool(suggestions) and margin >= MIN_MARGIN})
     return render(request, "registry/mapping_queue.html", {
-        "page": page, "rows": rows, "domains": Domain.choices, "domain": domain})
+        "page": page, "rows": rows, "domains": Domain.choices, "domain": domain,
+        "min_margin": MIN_MARGIN})
 
 
 def _warn_locked(request: HttpRequest, term: SiteTerm) -> None:
@@ -139,16 +144,22 @@ def review_act(request: HttpRequest) -> HttpResponse:
                 return redirect_back(request, "mapping_queue")
             term_mark_unmappable(term=term, acting_user=request.user, reason=reason)
         elif action == "bulk":
-            count = 0
+            count, unclear = 0, []
             for term in terms.filter(pk__in=ids_param(request.POST.getlist("terms"))):
-                best = suggest(term.domain, term.text, site=term.site, limit=1)
-                if best:
-                    mapping_review_approve(term=term,
-                                           concept=Concept.objects.get(pk=best[0].concept_id),
-                                           acting_user=request.user,
-                                           reason="bulk approval of the top suggestion")
-                    count += 1
+                best = suggest(term.domain, term.text, site=term.site, limit=2)
+                if not has_clear_margin(best):
+                    unclear.append(term.text)  # a person compares the suggestions
+                    continue
+                mapping_review_approve(term=term,
+                                       concept=Concept.objects.get(pk=best[0].concept_id),
+                                       acting_user=request.user,
+                                       reason="bulk approval of the top suggestion")
+                count += 1
             messages.success(request, _("%(n)d mappings approved.") % {"n": count})
+            if unclear:
+                messages.warning(request, _(
+                    "Not approved, the first suggestion has no clear lead over the next "
+                    "(choose one yourself): %(words)s") % {"words": ", ".join(unclear)})
         else:
             messages.error(request, _("Unknown action."))
     except RegistryError as error:
