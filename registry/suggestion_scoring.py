@@ -43,13 +43,16 @@ INN_STEMS = ("mab", "platin", "taxel", "tinib", "rubicin", "citabine", "trexed",
 STEM_BONUS = 0.05
 STEM_PENALTY = 0.85  # similarity kept when the two names have different stems
 # Similarity kept by a regimen whose drugs differ from those a combination word names: it is
-# shown as the nearest, never with a clear margin.
+# shown as the nearest, never with a clear margin. A regimen with a drug more than the word
+# names pays it twice: a word does not leave out a drug (培美曲塞+卡铂 is not pembrolizumab +
+# pemetrexed + carboplatin).
 OTHER_DRUGS_PENALTY = 0.75
 
 # Dose, strength and package: "10mg", "0.5 g", "100 mg/m2", "AUC5", "2支".
 _DOSE = re.compile(
     r"(?:auc\s*\d+(?:\.\d+)?)|(?:\d+(?:\.\d+)?\s*"
-    r"(?:mg/m2|mg/kg|mg|mcg|ug|µg|μg|g|ml|iu|u|万u|支|瓶|粒|片)(?![a-z]))")
+    r"(?:mg/m2|mg/kg|mg|mcg|ug|µg|μg|g|ml|iu|u|万u|支|瓶|粒|片)(?![a-z])"
+    r"(?:\s*/\s*\d*(?:\.\d+)?\s*(?:ml|l|支|瓶)(?![a-z]))?)")
 # Dosage forms, routes and salts that do not change which drug it is.
 _FORMS = re.compile(
     r"\b(?:for\s+injection|injection|inj|infusion|tablets?|tabs?|capsules?|caps|"
@@ -82,7 +85,7 @@ def strip_dose_and_form(text: str) -> str:
     "pembrolizmab", "顺铂注射液 10mg" -> "顺铂"); the folded text itself if nothing is left."""
     folded = fold(text)
     stripped = _FORMS.sub(" ", _DOSE.sub(" ", folded))
-    stripped = " ".join(stripped.replace(".", " ").split())
+    stripped = " ".join(stripped.replace(".", " ").split()).strip(" /+,、")
     return stripped or folded
 
 
@@ -167,7 +170,7 @@ def similarity(query: str, choice: str) -> float:
         q_stem, c_stem = inn_stem(q), inn_stem(c)
         if q_stem and c_stem == q_stem:
             score = min(1.0, score + STEM_BONUS)
-        elif q_stem or c_stem:
+        elif q_stem:  # a word without a stem may be a typo inside one: no penalty
             score *= STEM_PENALTY
     return round(min(score, 0.999), 3)
 

@@ -281,9 +281,11 @@ def _offer_fuzzy(index: _Index, domain: str, text: str, key: str, offer, limit: 
         similarity = scoring.similarity(form, index.forms[position])
         concept_id = index.owners[position]
         detail = ""
-        if drugs and domain == Domain.REGIMEN and \
-                index.drug_of_regimen.get(concept_id) != frozenset(drugs):
+        given = index.drug_of_regimen.get(concept_id, frozenset())
+        if drugs and domain == Domain.REGIMEN and given != frozenset(drugs):
             similarity *= scoring.OTHER_DRUGS_PENALTY
+            if given > frozenset(drugs):  # adds a drug the word leaves out: once more
+                similarity *= scoring.OTHER_DRUGS_PENALTY
             detail = "gives other drugs than the word names"
         if similarity >= scoring.MIN_SIMILARITY:
             offer(concept_id, round(FUZZY_CEILING * similarity, 3), fuzzy, detail)
