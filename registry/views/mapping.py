@@ -5,7 +5,7 @@ from __future__ import annotations
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
-from django.db.models import Prefetch
+from django.db.models import Prefetch, Q
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, render
 from django.utils.translation import gettext as _
@@ -36,6 +36,7 @@ from registry.suggestion_scoring import MIN_MARGIN, suggestion_margin
 from registry.views.common import id_param, ids_param, redirect_back, search_too_long
 
 PAGE_SIZE = 25
+SEARCH_LIMIT = 15  # concepts offered while a reviewer types another one
 
 
 def _samples(term: SiteTerm, waiting: dict, limit: int = 3) -> list[str]:
@@ -176,6 +177,17 @@ def concept_search(request: HttpRequest) -> JsonResponse:
         return search_too_long()
     if domain not in Domain.values or not q:
         return JsonResponse({"results": []})
+    found = [(s.vocabulary, s.code, s.name_en, s.name_zh)
+             for s in suggest(domain, q, limit=SEARCH_LIMIT)]
+    if len(found) < SEARCH_LIMIT:
+        # Suggestions match a short word exactly or not at all; a person typing one is
+        # searching, so names that start with it follow.
+        seen = {(v, c) for v, c, _en, _zh in found}
+        found += [row for row in Concept.objects.filter(domain=domain, is_active=True).filter(
+            Q(name_en__istartswith=q) | Q(name_zh__startswith=q)
+            | Q(synonyms__name__istartswith=q)).distinct().order_by("code").values_list(
+            "vocabulary__code", "code", "name_en", "name_zh")[:SEARCH_LIMIT]
+            if (row[0], row[1]) not in seen]
     return JsonResponse({"results": [
-        {"value": f"{s.vocabulary}:{s.code}", "label": f"{s.name_en} {s.name_zh} ({s.code})"}
-        for s in suggest(domain, q, limit=15)]})
+        {"value": f"{v}:{c}", "label": f"{en} {zh} ({c})"} for v, c, en, zh in
+        found[:SEARCH_LIMIT]]})

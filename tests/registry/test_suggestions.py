@@ -264,3 +264,11 @@ def test_bulk_approval_skips_words_without_a_clear_margin(client, site_a, alice,
     assert SiteTerm.objects.get(pk=unclear.pk).unmappable is False
     followed = client.get("/mapping/").text
     assert "培美曲塞卡铂" in followed and "Pembrolizmab Inj." not in followed
+
+
+def test_concept_search_still_finds_a_concept_from_its_first_letters(client, mona):
+    client.force_login(mona)
+    for q, value in [("cis", "ATC:L01XA01"), ("ondansetron", "ATC:A04AA01"),
+                     ("DDP", "ATC:L01XA01"), ("顺", "ATC:L01XA01")]:
+        results = client.get("/mapping/concepts", {"domain": "drug", "q": q}).json()["results"]
+        assert value in [r["value"] for r in results], q
