@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 from django.contrib.auth.models import User
 from django.db import connection, models, transaction
@@ -18,6 +18,7 @@ from django.db.models import Count, Max, Min, Q
 from django.utils import timezone
 from rapidfuzz import fuzz, process
 
+from registry import suggestion_scoring as scoring
 from registry.audit import (
     VERSION_BUMP_SQL,
     audited_save,
@@ -48,11 +49,11 @@ from registry.services.terminology import (
 from registry.services.terminology import (
     normalise_for_domain as _normalise,
 )
+from registry.suggestion_scoring import FUZZY_CEILING
 
 logger = logging.getLogger(__name__)
 
 SCORE = {TermMapping.Method.EXACT: 1.0, TermMapping.Method.SYNONYM: 0.97}
-FUZZY_CEILING = 0.9  # a fuzzy match never outranks an exact one
 LEARNED_BASE = 0.9
 AUTO_METHODS = {TermMapping.Method.EXACT, TermMapping.Method.SYNONYM, TermMapping.Method.LEARNED}
 
@@ -72,30 +73,48 @@ class Suggestion:
     score: float
     method: str
     detail: str = ""
+    # On the first suggestion only: its lead over the second (see `suggestion_margin`).
+    margin: float | None = None
 
     def as_dict(self) -> dict:
         return asdict(self)
 
 
+def _fuzzy_form(domain: str, text: str) -> str:
+    """What the fuzzy comparison reads: units as normalised (their case is meaning), drugs and
+    regimens without dose and form, diagnoses with their histology folded onto the site."""
+    if domain == Domain.UNIT:
+        return _normalise(domain, text)
+    if domain in (Domain.DRUG, Domain.REGIMEN):
+        return scoring.strip_dose_and_form(text)
+    if domain == Domain.CONDITION:
+        return scoring.fold_histology(text)
+    return scoring.fold(text)
+
+
 class _Index:
-    """Every name, Chinese name, code and synonym of a domain's concepts, normalised."""
+    """Every name, Chinese name, code and synonym of a domain's concepts, normalised; for drugs
+    and regimens also which drug each drug name means and which drugs each regimen gives."""
 
     _cache: dict[str, tuple[tuple, _Index]] = {}
 
     def __init__(self, domain: str) -> None:
+        self.domain = domain
         self.exact: dict[str, set[int]] = defaultdict(set)
         self.synonym: dict[str, set[int]] = defaultdict(set)
-        self.choices: list[str] = []
+        self.choices: list[str] = []  # compact fuzzy forms, for rapidfuzz
+        self.forms: list[str] = []  # the same with their spaces, for token-aware scoring
         self.owners: list[int] = []
         concepts = Concept.objects.filter(domain=domain, is_active=True).values_list(
             "id", "code", "name_en", "name_zh"
         )
+        names: list[tuple[str, int]] = []
         for concept_id, code, name_en, name_zh in concepts:
             for name in (code, name_en, name_zh):
                 key = _normalise(domain, name)
                 if key:
                     self.exact[key].add(concept_id)
-                    self._add_choice(key, concept_id)
+                    names.append((name, concept_id))
         synonyms = ConceptSynonym.objects.filter(
             concept__domain=domain, concept__is_active=True
         ).values_list("concept_id", "name")
@@ -103,16 +122,61 @@ class _Index:
             key = _normalise(domain, name)
             if key:
                 self.synonym[key].add(concept_id)
-                self._add_choice(key, concept_id)
+                names.append((name, concept_id))
+        for name, concept_id in names:
+            form = _fuzzy_form(domain, name)
+            if scoring.compact(form):
+                self.choices.append(scoring.compact(form))
+                self.forms.append(form)
+                self.owners.append(concept_id)
+        self.drugs: dict[str, int] = {}  # a drug's normalised name -> the drug, if only one
+        self.regimens: dict[frozenset[int], set[int]] = defaultdict(set)
+        self.drug_of_regimen: dict[int, frozenset[int]] = {}
+        if domain in (Domain.DRUG, Domain.REGIMEN):
+            self._add_combinations(domain)
 
-    def _add_choice(self, key: str, concept_id: int) -> None:
-        self.choices.append(key)
-        self.owners.append(concept_id)
+    def _add_combinations(self, domain: str) -> None:
+        drugs = self if domain == Domain.DRUG else _Index.get(Domain.DRUG)
+        for table in (drugs.exact, drugs.synonym):
+            for key, owners in table.items():
+                if len(owners) == 1:
+                    self.drugs.setdefault(key, next(iter(owners)))
+        if domain != Domain.REGIMEN:
+            return
+        by_code = dict(Concept.objects.filter(domain=Domain.DRUG).values_list("code", "id"))
+        for concept_id, attributes in Concept.objects.filter(
+                domain=domain, is_active=True).values_list("id", "attributes"):
+            given = frozenset(
+                by_code[d["drug"]] for phase in (attributes or {}).get("phases", [])
+                for d in phase.get("drugs", []) if d.get("drug") in by_code)
+            if given:
+                self.regimens[given].add(concept_id)
+                self.drug_of_regimen[concept_id] = given
+
+    def components(self, text: str) -> list[int] | None:
+        """The drugs a combination names, in the order written (培美曲塞+卡铂, 培美曲塞卡铂,
+        "paclitaxel carboplatin"); None unless every part is one known drug and there are
+        two or more."""
+        parts = scoring.combination_parts(text)
+        if len(parts) == 1:
+            parts = parts[0].split(" ")
+        found: list[int] = []
+        for part in parts:
+            key = _normalise(Domain.DRUG, part)
+            if key in self.drugs:
+                found.append(self.drugs[key])
+                continue
+            pieces = scoring.segment(key, self.drugs) if scoring.has_cjk(key) else None
+            if pieces is None:
+                return None
+            found += [self.drugs[piece] for piece in pieces]
+        found = list(dict.fromkeys(found))
+        return found if len(found) >= 2 else None
 
     @classmethod
     def get(cls, domain: str) -> _Index:
         stamp = (
-            Concept.objects.filter(domain=domain).aggregate(n=Count("id"), m=Max("id")),
+            Concept.objects.aggregate(n=Count("id"), m=Max("id")),
             ConceptSynonym.objects.aggregate(n=Count("id"), m=Max("id")),
         )
         key = repr(stamp)
@@ -122,10 +186,21 @@ class _Index:
         return cls._cache[domain][1]
 
 
+# A drug-domain word naming several drugs offers each, the first named a little ahead and
+# none with a clear margin: one drug row cannot hold a combination, so a person decides.
+COMPONENT_STEP = 0.01
+
+
 def suggest(
     domain: str, text: str, *, site: Site | None = None, limit: int = 5
 ) -> list[Suggestion]:
-    """Ranked concepts for a local word; each with its score (0-1) and method."""
+    """Ranked concepts for a local word; each with its score (0-1) and method, the first with
+    its margin over the second.
+
+    Exact code or name 1.0, synonym 0.97, learned from other sites 0.92-0.98; the rest is
+    fuzzy, at most `FUZZY_CEILING`: the same after removing dose and form (or histology), the
+    regimen giving exactly the drugs a combination names, else token-aware similarity with
+    INN stems (see `registry.suggestion_scoring`)."""
     if domain not in Domain.values:
         raise ValidationFailed(f"Unknown terminology domain {domain!r}.", field="domain")
     key = _normalise(domain, text)
@@ -158,18 +233,10 @@ def suggest(
             TermMapping.Method.LEARNED,
             f"approved at {sites} other site(s)",
         )
-    if index.choices:
-        for _, score, position in process.extract(
-            key, index.choices, scorer=fuzz.WRatio, limit=limit * 3, score_cutoff=60
-        ):
-            offer(
-                index.owners[position],
-                round(FUZZY_CEILING * score / 100, 3),
-                TermMapping.Method.FUZZY,
-            )
-    concepts = Concept.objects.in_bulk(list(best))
+    _offer_fuzzy(index, domain, text, key, offer, limit)
+    concepts = Concept.objects.select_related("vocabulary").in_bulk(list(best))
     ranked = sorted(best.items(), key=lambda item: (-item[1][0], concepts[item[0]].code))
-    return [
+    suggestions = [
         Suggestion(
             concept_id=cid,
             vocabulary=concepts[cid].vocabulary.code,
@@ -182,6 +249,46 @@ def suggest(
         )
         for cid, (score, method, detail) in ranked[:limit]
     ]
+    if suggestions:
+        margin = scoring.suggestion_margin([score for _cid, (score, _m, _d) in ranked[:2]])
+        suggestions[0] = replace(suggestions[0], margin=margin)
+    return suggestions
+
+
+def _offer_fuzzy(index: _Index, domain: str, text: str, key: str, offer, limit: int) -> None:
+    fuzzy = TermMapping.Method.FUZZY
+    form = _fuzzy_form(domain, text)
+    cleaned = _normalise(domain, form)
+    if cleaned != key:
+        for table, what in ((index.exact, "name"), (index.synonym, "synonym")):
+            for concept_id in table.get(cleaned, ()):
+                offer(concept_id, FUZZY_CEILING, fuzzy, f"{what} {form!r} once dose, form or "
+                      "histology is set aside")
+    drugs = index.components(text) if domain in (Domain.DRUG, Domain.REGIMEN) else None
+    if drugs and domain == Domain.REGIMEN:
+        for concept_id in index.regimens.get(frozenset(drugs), ()):
+            offer(concept_id, FUZZY_CEILING, fuzzy, "gives exactly the drugs named")
+    elif drugs:
+        for position, concept_id in enumerate(drugs):
+            offer(concept_id, round(FUZZY_CEILING - 0.05 - COMPONENT_STEP * position, 3),
+                  fuzzy, f"one of {len(drugs)} drugs named")
+    if not index.choices or scoring.is_abbreviation(scoring.compact(form)):
+        return
+    query = scoring.compact(form)
+    # rapidfuzz narrows the field; the token-aware score decides the order.
+    for _choice, _score, position in process.extract(
+            query, index.choices, scorer=fuzz.WRatio, limit=limit * 10 + 20, score_cutoff=50):
+        similarity = scoring.similarity(form, index.forms[position])
+        concept_id = index.owners[position]
+        detail = ""
+        given = index.drug_of_regimen.get(concept_id, frozenset())
+        if drugs and domain == Domain.REGIMEN and given != frozenset(drugs):
+            similarity *= scoring.OTHER_DRUGS_PENALTY
+            if given > frozenset(drugs):  # adds a drug the word leaves out: once more
+                similarity *= scoring.OTHER_DRUGS_PENALTY
+            detail = "gives other drugs than the word names"
+        if similarity >= scoring.MIN_SIMILARITY:
+            offer(concept_id, round(FUZZY_CEILING * similarity, 3), fuzzy, detail)
 
 
 def exact_concept(domain: str, text: str) -> Concept | None:
@@ -227,14 +334,22 @@ def policy_approves(site: Site, method: str, score: float) -> bool:
     return threshold is not None and method in AUTO_METHODS and score >= threshold
 
 
+def has_clear_margin(suggestions: list[Suggestion]) -> bool:
+    """Whether the first suggestion leads the second by `MIN_MARGIN` or more: the one test for
+    approving it without a person comparing them (auto-approval and the page's bulk action)."""
+    return scoring.has_clear_margin([s.score for s in suggestions[:2]])
+
+
 def auto_approvable(site: Site, suggestions: list[Suggestion]) -> Suggestion | None:
-    """The suggestion the site's policy approves without review, if any: a clear winner by an
-    exact, synonym or learned match at or above the site's threshold."""
+    """The suggestion the site's policy approves without review, if any: a clear winner (by
+    `MIN_MARGIN`) by an exact, synonym or learned match at or above the site's threshold."""
     if not suggestions or not policy_approves(site, suggestions[0].method, suggestions[0].score):
         return None
     top = suggestions[0]
     if len(suggestions) > 1 and suggestions[1].score >= site.auto_approve_min_score:
         return None  # two concepts claim the word: a person decides
+    if not has_clear_margin(suggestions):
+        return None
     return top
 
 

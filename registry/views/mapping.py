@@ -5,7 +5,7 @@ from __future__ import annotations
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
-from django.db.models import Prefetch
+from django.db.models import Prefetch, Q
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, render
 from django.utils.translation import gettext as _
@@ -24,6 +24,7 @@ from registry.models import (
 from registry.services.mapping import (
     REVIEW_ROLES,
     USES,
+    has_clear_margin,
     mapping_reject,
     mapping_review_approve,
     recode_pending,
@@ -31,9 +32,11 @@ from registry.services.mapping import (
     term_mark_unmappable,
 )
 from registry.services.organisation import require_site_role
+from registry.suggestion_scoring import MIN_MARGIN, suggestion_margin
 from registry.views.common import id_param, ids_param, redirect_back, search_too_long
 
 PAGE_SIZE = 25
+SEARCH_LIMIT = 15  # concepts offered while a reviewer types another one
 
 
 def _samples(term: SiteTerm, waiting: dict, limit: int = 3) -> list[str]:
@@ -86,9 +89,12 @@ def review_queue(request: HttpRequest) -> HttpResponse:
         if not suggestions:
             suggestions = [s.as_dict() for s in suggest(term.domain, term.text, site=term.site,
                                                         limit=3)]
-        rows.append({"term": term, "suggestions": suggestions, "samples": _samples(term, waiting)})
+        margin = suggestion_margin([s["score"] for s in suggestions[:2]])
+        rows.append({"term": term, "suggestions": suggestions, "samples": _samples(term, waiting),
+                     "margin": margin, "clear": bool(suggestions) and margin >= MIN_MARGIN})
     return render(request, "registry/mapping_queue.html", {
-        "page": page, "rows": rows, "domains": Domain.choices, "domain": domain})
+        "page": page, "rows": rows, "domains": Domain.choices, "domain": domain,
+        "min_margin": MIN_MARGIN})
 
 
 def _warn_locked(request: HttpRequest, term: SiteTerm) -> None:
@@ -139,16 +145,22 @@ def review_act(request: HttpRequest) -> HttpResponse:
                 return redirect_back(request, "mapping_queue")
             term_mark_unmappable(term=term, acting_user=request.user, reason=reason)
         elif action == "bulk":
-            count = 0
+            count, unclear = 0, []
             for term in terms.filter(pk__in=ids_param(request.POST.getlist("terms"))):
-                best = suggest(term.domain, term.text, site=term.site, limit=1)
-                if best:
-                    mapping_review_approve(term=term,
-                                           concept=Concept.objects.get(pk=best[0].concept_id),
-                                           acting_user=request.user,
-                                           reason="bulk approval of the top suggestion")
-                    count += 1
+                best = suggest(term.domain, term.text, site=term.site, limit=2)
+                if not has_clear_margin(best):
+                    unclear.append(term.text)  # a person compares the suggestions
+                    continue
+                mapping_review_approve(term=term,
+                                       concept=Concept.objects.get(pk=best[0].concept_id),
+                                       acting_user=request.user,
+                                       reason="bulk approval of the top suggestion")
+                count += 1
             messages.success(request, _("%(n)d mappings approved.") % {"n": count})
+            if unclear:
+                messages.warning(request, _(
+                    "Not approved, the first suggestion has no clear lead over the next "
+                    "(choose one yourself): %(words)s") % {"words": ", ".join(unclear)})
         else:
             messages.error(request, _("Unknown action."))
     except RegistryError as error:
@@ -165,6 +177,17 @@ def concept_search(request: HttpRequest) -> JsonResponse:
         return search_too_long()
     if domain not in Domain.values or not q:
         return JsonResponse({"results": []})
+    found = [(s.vocabulary, s.code, s.name_en, s.name_zh)
+             for s in suggest(domain, q, limit=SEARCH_LIMIT)]
+    if len(found) < SEARCH_LIMIT:
+        # Suggestions match a short word exactly or not at all; a person typing one is
+        # searching, so names that start with it follow.
+        seen = {(v, c) for v, c, _en, _zh in found}
+        found += [row for row in Concept.objects.filter(domain=domain, is_active=True).filter(
+            Q(name_en__istartswith=q) | Q(name_zh__startswith=q)
+            | Q(synonyms__name__istartswith=q)).distinct().order_by("code").values_list(
+            "vocabulary__code", "code", "name_en", "name_zh")[:SEARCH_LIMIT]
+            if (row[0], row[1]) not in seen]
     return JsonResponse({"results": [
-        {"value": f"{s.vocabulary}:{s.code}", "label": f"{s.name_en} {s.name_zh} ({s.code})"}
-        for s in suggest(domain, q, limit=15)]})
+        {"value": f"{v}:{c}", "label": f"{en} {zh} ({c})"} for v, c, en, zh in
+        found[:SEARCH_LIMIT]]})
