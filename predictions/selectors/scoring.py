@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from django.http import Http404
 from django.utils.translation import gettext as _
 
 from predictions import labels
@@ -103,8 +104,6 @@ def models_cache_clear() -> None:
 
 def risk_model_of(name: str) -> RiskModelDefinition:
     """The definition of a risk model named in a URL; an unknown name is a 404."""
-    from django.http import Http404
-
     if name not in DEFINITIONS:
         raise Http404(_("No such risk model."))
     return DEFINITIONS[name]
