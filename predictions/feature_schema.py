@@ -136,12 +136,11 @@ def trained_categories(model: RiskPredictor) -> dict[str, tuple[str, ...]]:
         columns = model.pipeline.named_steps["columns"]
         encoder = columns.named_transformers_["categorical"]
         names = next(cols for name, _, cols in columns.transformers_ if name == "categorical")
-        found = encoder.categories_
-    except (AttributeError, KeyError, StopIteration) as error:
+        return {str(name): tuple(sorted({str(c) for c in categories}))
+                for name, categories in zip(names, encoder.categories_, strict=True)}
+    except (AttributeError, KeyError, StopIteration, TypeError, ValueError) as error:
         raise SchemaUnavailable(f"The model's categorical encoder is not readable: {error}.") \
             from None
-    return {str(name): tuple(sorted({str(c) for c in categories}))
-            for name, categories in zip(names, found, strict=True)}
 
 
 def schema_of(risk_model: str, model: RiskPredictor) -> FeatureSchema:

@@ -32,6 +32,7 @@ from predictions.feature_schema import (
     CATEGORY,
     INTEGER,
     FeatureSchema,
+    SchemaUnavailable,
     schema_of,
     shown_name,
 )
@@ -62,10 +63,14 @@ REF = "ref"
 
 
 class NoChampion(RegistryError):
+    """The risk model has no champion yet (409 no_champion: retry after a training run)."""
+
     code = "no_champion"
 
 
 class ModelUnavailable(RegistryError):
+    """The champion's artifact was refused (503 model_unavailable: an administrator acts)."""
+
     code = "model_unavailable"
 
 
@@ -87,10 +92,10 @@ def version_model(version: ModelVersion) -> tuple[RiskPredictor, FeatureSchema]:
             return cached
         try:
             model = version_load(version)
-        except (ArtifactIntegrityError, OSError) as error:
+            cached = (model, schema_of(version.risk_model, model))
+        except (ArtifactIntegrityError, SchemaUnavailable, OSError) as error:
             logger.error("%s v%s not served: %s", version.risk_model, version.number, error)
             raise ModelUnavailable() from None  # the kind's own words (registry.api.errors)
-        cached = (model, schema_of(version.risk_model, model))
         _MODELS[key] = cached
         while len(_MODELS) > MODELS_CACHED:
             _MODELS.popitem(last=False)
