@@ -24,6 +24,37 @@ TIER_LABELS = {
     ("neutropenia", "high"): _("High (>= 20%)"),
 }
 
+# The model card's intended and out-of-scope use (predictions.selectors.scoring.model_card).
+INTENDED_USE = {
+    "cinv": _("Before a chemotherapy cycle of an adult with a solid cancer, estimate the risk "
+              "of nausea or vomiting of CTCAE grade 2 or higher during the cycle, so that the "
+              "treating team can choose antiemetic prophylaxis by the guideline tier (fewer "
+              "than 10%: none; 10-90%: one or two agents; above 90%: three). It supports, and "
+              "does not replace, clinical judgement; research and partners may use it to "
+              "describe or plan cohorts."),
+    "neutropenia": _("Before a chemotherapy cycle of an adult with a solid cancer, estimate the "
+                     "risk of neutrophil count decreased of CTCAE grade 3 or higher, or febrile "
+                     "neutropenia, during the cycle, so that the treating team can weigh "
+                     "primary G-CSF prophylaxis by the guideline tier (20% or more: primary "
+                     "G-CSF). It supports, and does not replace, clinical judgement; research "
+                     "and partners may use it to describe or plan cohorts."),
+}
+
+OUT_OF_SCOPE_USE = {
+    "cinv": _("Not for children, haematological cancers, radiotherapy-induced or "
+              "anticipatory nausea, or regimens and hospitals unlike those it was trained on; "
+              "not a diagnosis, not for deciding whether to treat, and not for judging a "
+              "hospital or a clinician. A probability computed from inputs that were not known "
+              "before the cycle started (later labs, the cycle's own adverse events) is "
+              "meaningless."),
+    "neutropenia": _("Not for children, haematological cancers, stem-cell transplantation, or "
+                     "regimens and hospitals unlike those it was trained on; not a diagnosis, "
+                     "not a substitute for a blood count before the cycle, not for deciding "
+                     "whether to treat, and not for judging a hospital or a clinician. A "
+                     "probability computed from inputs that were not known before the cycle "
+                     "started (later labs, the cycle's own adverse events) is meaningless."),
+}
+
 ACTION_LABELS = {
     "no_antiemetic": _("No antiemetic prophylaxis"),
     "one_or_two_antiemetics": _("One or two antiemetic agents"),

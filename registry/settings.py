@@ -310,6 +310,9 @@ SPECTACULAR_SETTINGS = {
         "DataRequestStatus": "research.models.DataRequest.Status",
         "ReleaseStatus": "research.models.Release.Status",
         "VoteChoice": "research.models.VoteChoice",
+        # The risk models' endpoints (predictions/api/).
+        "TierKey": "predictions.api.serializers.TIER_KEYS",
+        "TierAction": "predictions.api.serializers.ACTION_KEYS",
     },
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",

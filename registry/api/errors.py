@@ -65,6 +65,8 @@ ERROR_KINDS: tuple[ErrorKind, ...] = (
     ErrorKind("method_not_allowed", 405, _("This method is not allowed here.")),
     ErrorKind("not_acceptable", 406, _("None of the formats the request accepts is offered.")),
     ErrorKind("stale_edit", 409, _("Someone else changed this after you read it.")),
+    ErrorKind("no_champion", 409, _("This risk model has no champion version yet, so nothing "
+                                    "can be scored or described; retry after a training run.")),
     ErrorKind("request_too_large", 413, _("The request body is larger than the registry "
                                           "accepts.")),
     ErrorKind("unsupported_media_type", 415, _("The request body's media type is not "
@@ -72,6 +74,9 @@ ERROR_KINDS: tuple[ErrorKind, ...] = (
     ErrorKind("throttled", 429, _("Too many requests; retry later.")),
     ErrorKind("server_error", 500, _("The server failed to answer this request. Quote its "
                                      "request id when reporting it.")),
+    ErrorKind("model_unavailable", 503, _("The risk model's stored artifact was refused (its "
+                                          "checksum differs from the recorded one); it is not "
+                                          "served until an administrator acts.")),
 )
 ERRORS: dict[str, ErrorKind] = {kind.code: kind for kind in ERROR_KINDS}
 ERROR_FOR_STATUS: dict[int, ErrorKind] = {}
@@ -220,7 +225,9 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> ErrorResponse 
     if isinstance(exc, exceptions.APIException):
         response = _api_exception_response(exc, request)
     elif isinstance(exc, RegistryError):
-        code = _code_of(exc, _DOMAIN_CODES) or "bad_request"
+        # An app's own domain error may name its kind (`code`, one of ERROR_KINDS).
+        own = getattr(exc, "code", None)
+        code = _code_of(exc, _DOMAIN_CODES) or (own if own in ERRORS else "bad_request")
         fields = exc.errors if isinstance(exc, ValidationFailed) else {}
         response = error_response(request, status=ERRORS[code].status, code=code,
                                   message=exc.summary() or None, fields=fields)

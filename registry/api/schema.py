@@ -30,6 +30,7 @@ STATUS_DESCRIPTIONS: dict[int, str] = {
     415: "The request body is not JSON (unsupported_media_type).",
     429: "Too many requests; see Retry-After (throttled).",
     500: "The server failed; quote the request id when reporting it (server_error).",
+    503: "The resource cannot be served now (model_unavailable); retry later.",
 }
 
 

@@ -16,4 +16,5 @@ urlpatterns = [
     path("schema/", views.SchemaView.as_view(), name="schema"),
     path("docs/", views.DocsView.as_view(), name="docs"),
     path("", include("research.api_urls")),
+    path("", include("predictions.api_urls")),
 ]
