@@ -13,8 +13,6 @@ registry's own admin (registry.admin), never by Django's model permissions or gr
 
 from django.contrib import admin
 from django.http import Http404
-from django.utils.translation import gettext_lazy as _
-from pyroaring import BitMap64
 
 from registry import admin as registry_admin
 from registry.admin import RefuseNulBytes, RegistryAdmin, _is_registry_admin
@@ -158,12 +156,7 @@ class PartnerQueryAdmin(ResearchRecordAdmin):
     """The partner query log, for the audit: read-only and never deleted (the budget and the
     overlap audit read it). The population's bitmap is shown as its size only."""
 
-    list_display = ["created_at", "user", "endpoint", "outcome", "epsilon_charged"]
+    list_display = ["created_at", "user", "endpoint", "outcome", "epsilon_charged", "patients"]
     list_filter = ["outcome", "endpoint"]
     search_fields = ["user__username", "fingerprint"]
-    exclude = ["population"]
-    readonly_fields = ["patients"]
-
-    @admin.display(description=_("patients in the population"))
-    def patients(self, obj: PartnerQuery) -> int:
-        return len(BitMap64.deserialize(bytes(obj.population))) if obj.population else 0
+    exclude = ["population"]  # a bitmap: its size is `patients`

@@ -345,6 +345,9 @@ class PartnerQuery(models.Model):
     fingerprint = models.CharField(_("fingerprint"), max_length=L.KEY_HEX_LENGTH,
                                    db_index=True)
     population = models.BinaryField(_("population"))
+    # The population's size: the audit compares only populations of nearly the same size (two
+    # populations whose sizes differ by d differ by at least d patients).
+    patients = models.PositiveIntegerField(_("patients"), default=0)
     true_result = models.JSONField(_("true result"), encoder=DjangoJSONEncoder)
     released_result = models.JSONField(_("released result"), null=True, blank=True,
                                        encoder=DjangoJSONEncoder)

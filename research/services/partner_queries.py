@@ -31,6 +31,7 @@ from django.conf import settings
 from django.contrib.auth.models import User
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import connection, transaction
+from django.db.models import Subquery
 from django.utils import timezone
 from django.utils.translation import gettext as _
 from pyroaring import BitMap64
@@ -132,10 +133,17 @@ def _overlaps(user: User, population: BitMap64, now: dt.datetime) -> bool:
     """Whether the population differs by 1 to MIN_CELL-1 patients from one of the partner's
     answered populations in the audit window (its last PARTNER_AUDIT_QUERIES)."""
     since = now - dt.timedelta(days=settings.PARTNER_AUDIT_DAYS)
+    recent = (PartnerQuery.objects
+              .filter(user=user, outcome=PartnerQuery.Outcome.ANSWERED, created_at__gt=since)
+              .order_by("-created_at", "-id")
+              .values("id")[:settings.PARTNER_AUDIT_QUERIES])
+    size = len(population)
+    # Only populations of nearly the same size can be 1 to MIN_CELL-1 patients away: the rest
+    # are never read (a population of the whole cohort is large).
     rows = (PartnerQuery.objects
-            .filter(user=user, outcome=PartnerQuery.Outcome.ANSWERED, created_at__gt=since)
-            .order_by("-created_at", "-id")
-            .values_list("fingerprint", "population")[:settings.PARTNER_AUDIT_QUERIES])
+            .filter(id__in=Subquery(recent),
+                    patients__range=(max(0, size - MIN_CELL + 1), size + MIN_CELL - 1))
+            .values_list("fingerprint", "population"))
     seen: set[str] = set()
     for fingerprint, blob in rows:
         if fingerprint in seen:
@@ -161,7 +169,7 @@ def partner_query_answer(*, user: User, token: ApiToken | None, endpoint: str,
         population = _population_bitmap(raw.population)
         log = PartnerQuery(user=user, token=token, endpoint=endpoint,
                            params=_without_nul(params), fingerprint=fingerprint,
-                           population=population.serialize(),
+                           population=population.serialize(), patients=len(population),
                            true_result=_without_nul(true_tables(raw)))
         _lock_partner(user)
         now = timezone.now()

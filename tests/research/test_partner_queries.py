@@ -109,6 +109,16 @@ def test_a_population_a_few_patients_away_is_refused(pat, difference):
     assert ask(pat, answer_over(BASE)) == first
 
 
+@pytest.mark.parametrize("population", [
+    set(BASE) | {9000}, set(BASE) | set(range(9000, 9010)), set(BASE) - {5000},
+    set(BASE) - set(range(5000, 5010))], ids=["one more", "ten more", "one less", "ten less"])
+def test_a_population_a_few_patients_larger_or_smaller_is_refused(pat, population):
+    ask(pat, answer_over(BASE))
+    with pytest.raises(QueryRefused):
+        ask(pat, answer_over(population))
+    assert logged(pat) == [(Outcome.ANSWERED, 0.5), (Outcome.REFUSED_OVERLAP, 0.0)]
+
+
 def test_the_same_population_is_a_repeat_not_a_refusal(pat):
     first = ask(pat, answer_over(differing_by(0)))
     assert ask(pat, answer_over(BASE)) == first
@@ -276,7 +286,7 @@ def test_the_query_log_is_read_only_in_the_admin(pat, ada, rf):
     assert not model_admin.has_add_permission(request)
     assert not model_admin.has_change_permission(request, row)
     assert not model_admin.has_delete_permission(request, row)
-    assert model_admin.patients(row) == 100
+    assert row.patients == 100
     partner_request = rf.get("/admin/")
     partner_request.user = pat
     assert not model_admin.has_view_permission(partner_request, row)
