@@ -161,8 +161,11 @@ def partner_query_answer(*, user: User, token: ApiToken | None, endpoint: str,
 
     Raises QueryRefused (409, query_refused_overlap) when the overlap audit refuses it and
     BudgetExhausted (429, privacy_budget_exhausted, with `retry_after`) when the budget does;
-    both are logged first. A repeat of an answered query returns the same answer and costs
-    nothing."""
+    both are logged first, in this function's own transaction, so call it outside any
+    transaction the error would roll back (an API view is: the project does not use
+    ATOMIC_REQUESTS). A repeat of an answered query returns the same answer and costs
+    nothing. `compute` runs before the partner's lock is taken: only the bookkeeping is
+    serialised."""
     with transaction.atomic():
         raw = compute()
         fingerprint = query_fingerprint(endpoint=endpoint, raw=raw)
