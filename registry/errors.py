@@ -37,6 +37,20 @@ class StaleEdit(RegistryError):
     """Someone else saved the record after this edit began; nothing was written."""
 
 
+class QueryRefused(RegistryError):
+    """A partner query was refused by the overlap audit: its population is too close to one
+    the partner was answered before (the message says neither which patients nor how many)."""
+
+
+class BudgetExhausted(RegistryError):
+    """A partner query would spend more privacy budget than the window allows; `retry_after`
+    is the seconds until enough of the window's charges expire."""
+
+    def __init__(self, message: str | None = None, *, retry_after: int, **kwargs) -> None:
+        self.retry_after = max(1, int(retry_after))
+        super().__init__(message, **kwargs)
+
+
 class ErrorCollector:
     """Gathers every problem of one input before refusing it, so the user sees them all."""
 

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import dj_database_url
 from celery.schedules import crontab
+from django.core.exceptions import ImproperlyConfigured
 
-from registry.env import env_bool, env_int, env_list, env_secret, env_str
+from registry.env import env_bool, env_float, env_int, env_list, env_secret, env_str
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -213,6 +214,25 @@ COMMITTEE_MAJORITY_PCT = env_int("COMMITTEE_MAJORITY_PCT", 50)
 # rather than every patient's generalised further.
 RELEASE_K_ANONYMITY = env_int("RELEASE_K_ANONYMITY", 5)
 RELEASE_MAX_SUPPRESSED_PCT = env_int("RELEASE_MAX_SUPPRESSED_PCT", 5)
+
+# The partner API's differencing defence (docs/partner-api.md, "Disclosure control and
+# differencing defence"). Each released count gets noise of parameter PARTNER_EPSILON
+# (epsilon-differential privacy with respect to one patient; smaller is noisier); a query costs
+# PARTNER_EPSILON times its sensitivity, and a partner's charges within the last
+# PARTNER_BUDGET_DAYS may not exceed PARTNER_EPSILON_BUDGET (sequential composition).
+PARTNER_EPSILON = env_float("PARTNER_EPSILON", 0.5)
+PARTNER_EPSILON_BUDGET = env_float("PARTNER_EPSILON_BUDGET", 20.0)
+PARTNER_BUDGET_DAYS = env_int("PARTNER_BUDGET_DAYS", 30)
+# The overlap audit: a query whose population differs by 1 to MIN_CELL-1 patients from one the
+# partner was answered in the last PARTNER_AUDIT_DAYS (at most the last PARTNER_AUDIT_QUERIES
+# of them) is refused.
+PARTNER_AUDIT_DAYS = env_int("PARTNER_AUDIT_DAYS", 90)
+PARTNER_AUDIT_QUERIES = env_int("PARTNER_AUDIT_QUERIES", 500)
+if not (PARTNER_EPSILON > 0 and PARTNER_EPSILON_BUDGET > 0 and PARTNER_BUDGET_DAYS >= 1
+        and PARTNER_AUDIT_DAYS >= 1 and PARTNER_AUDIT_QUERIES >= 1):
+    # Zero or negative values would switch the noise, the budget or the audit off.
+    raise ImproperlyConfigured("PARTNER_EPSILON, PARTNER_EPSILON_BUDGET, PARTNER_BUDGET_DAYS, "
+                               "PARTNER_AUDIT_DAYS and PARTNER_AUDIT_QUERIES must be positive.")
 
 # Uploaded site extracts (the "imports" storage) live here until their import ends (a batch
 # in "needs mapping" keeps its file for the resume), then are deleted, or kept for the days

@@ -22,6 +22,7 @@ from research.models import (
     Decision,
     Download,
     Organisation,
+    PartnerQuery,
     Recusal,
     Release,
     ReleaseFile,
@@ -148,3 +149,14 @@ class ReleaseFileAdmin(ResearchRecordAdmin):
 class DownloadAdmin(ResearchRecordAdmin):
     list_display = ["at", "user", "release", "file", "channel"]
     list_filter = ["channel"]
+
+
+@admin.register(PartnerQuery)
+class PartnerQueryAdmin(ResearchRecordAdmin):
+    """The partner query log, for the audit: read-only and never deleted (the budget and the
+    overlap audit read it). The population's bitmap is shown as its size only."""
+
+    list_display = ["created_at", "user", "endpoint", "outcome", "epsilon_charged", "patients"]
+    list_filter = ["outcome", "endpoint"]
+    search_fields = ["user__username", "fingerprint"]
+    exclude = ["population"]  # a bitmap: its size is `patients`

@@ -3,7 +3,7 @@ its "api" namespace: `reverse("api:request_detail", kwargs={"pk": 1})`)."""
 
 from django.urls import path
 
-from research.api import views
+from research.api import budget, views
 
 urlpatterns = [
     path("catalog/variables/", views.VariableCatalogApi.as_view(), name="catalog_variables"),
@@ -26,4 +26,5 @@ urlpatterns = [
     path("releases/<int:pk>/", views.ReleaseDetailApi.as_view(), name="release_detail"),
     path("releases/<int:pk>/files/<str:name>", views.ReleaseFileApi.as_view(),
          name="release_file"),
+    path("privacy-budget/", budget.PrivacyBudgetApi.as_view(), name="privacy_budget"),
 ]

@@ -10,11 +10,13 @@ its releases contain the opted-in sites only.
 from __future__ import annotations
 
 from django.conf import settings
+from django.core.serializers.json import DjangoJSONEncoder
 from django.db import models
 from django.db.models import Q
+from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
-from registry.models import Site
+from registry.models import ApiToken, Site
 from registry.models.history import history_records
 from research import limits as L
 
@@ -316,3 +318,53 @@ class Download(models.Model):
 
     def __str__(self) -> str:
         return f"{self.user} {self.file} {self.at:%Y-%m-%d %H:%M}"
+
+
+class PartnerQuery(models.Model):
+    """One partner API query, answered or refused: the audit log of what left and why, and the
+    memory the differencing defence reads (research.services.partner_queries).
+
+    `fingerprint` names the same question over the same data (a keyed hash of the cells' sets
+    of patients and of the population), so a repeat gets the earlier answer for free;
+    `population` (a serialised roaring bitmap of patient ids) lets the overlap audit compare a
+    new query's population with the partner's earlier ones; `true_result` holds the unrounded
+    counts, for the audit only, never shown to the partner. Rows are never changed or deleted.
+    """
+
+    class Outcome(models.TextChoices):
+        ANSWERED = "answered", _("Answered")
+        REFUSED_OVERLAP = "refused_overlap", _("Refused: overlaps an earlier query")
+        REFUSED_BUDGET = "refused_budget", _("Refused: privacy budget exhausted")
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT,
+                             related_name="+", verbose_name=_("user"))
+    token = models.ForeignKey(ApiToken, on_delete=models.SET_NULL, null=True, blank=True,
+                              related_name="+", verbose_name=_("API token"))
+    endpoint = models.CharField(_("endpoint"), max_length=L.ENDPOINT_MAX_LENGTH)
+    params = models.JSONField(_("parameters"), default=dict, encoder=DjangoJSONEncoder)
+    fingerprint = models.CharField(_("fingerprint"), max_length=L.KEY_HEX_LENGTH,
+                                   db_index=True)
+    population = models.BinaryField(_("population"))
+    # The population's size: the audit compares only populations of nearly the same size (two
+    # populations whose sizes differ by d differ by at least d patients).
+    patients = models.PositiveIntegerField(_("patients"), default=0)
+    true_result = models.JSONField(_("true result"), encoder=DjangoJSONEncoder)
+    released_result = models.JSONField(_("released result"), null=True, blank=True,
+                                       encoder=DjangoJSONEncoder)
+    epsilon_charged = models.FloatField(_("epsilon charged"), default=0.0)
+    outcome = models.CharField(_("outcome"), max_length=L.CHOICE_MAX_LENGTH,
+                               choices=Outcome.choices)
+    created_at = models.DateTimeField(_("created"), default=timezone.now, editable=False)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        verbose_name = _("partner query")
+        verbose_name_plural = _("partner queries")
+        indexes = [models.Index(fields=["user", "-created_at"], name="partner_query_user_idx")]
+        constraints = [
+            models.CheckConstraint(condition=Q(epsilon_charged__gte=0),
+                                   name="partner_query_epsilon_not_negative"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.user} {self.endpoint} {self.created_at:%Y-%m-%d %H:%M} {self.outcome}"

@@ -35,7 +35,14 @@ from django.utils.translation import gettext_lazy as _
 from rest_framework import exceptions
 
 from registry.api.request_ids import request_id_of
-from registry.errors import NotPermitted, RegistryError, StaleEdit, ValidationFailed
+from registry.errors import (
+    BudgetExhausted,
+    NotPermitted,
+    QueryRefused,
+    RegistryError,
+    StaleEdit,
+    ValidationFailed,
+)
 
 # The key of messages about the input as a whole (Django's, registry.errors', and DRF's
 # NON_FIELD_ERRORS_KEY in settings).
@@ -67,11 +74,16 @@ ERROR_KINDS: tuple[ErrorKind, ...] = (
     ErrorKind("stale_edit", 409, _("Someone else changed this after you read it.")),
     ErrorKind("no_champion", 409, _("This risk model has no champion version yet, so nothing "
                                     "can be scored or described; retry after a training run.")),
+    ErrorKind("query_refused_overlap", 409, _(
+        "The query was refused: its population is too close to that of an earlier query, so "
+        "comparing their answers could reveal individual patients.")),
     ErrorKind("request_too_large", 413, _("The request body is larger than the registry "
                                           "accepts.")),
     ErrorKind("unsupported_media_type", 415, _("The request body's media type is not "
                                                "accepted; send JSON.")),
     ErrorKind("throttled", 429, _("Too many requests; retry later.")),
+    ErrorKind("privacy_budget_exhausted", 429, _(
+        "The query was refused: it would exceed your privacy budget; see Retry-After.")),
     ErrorKind("server_error", 500, _("The server failed to answer this request. Quote its "
                                      "request id when reporting it.")),
     ErrorKind("model_unavailable", 503, _("The risk model's stored artifact was refused (its "
@@ -104,6 +116,8 @@ _DOMAIN_CODES: tuple[tuple[type[RegistryError], str], ...] = (
     (ValidationFailed, "validation_failed"),
     (NotPermitted, "permission_denied"),
     (StaleEdit, "stale_edit"),
+    (QueryRefused, "query_refused_overlap"),
+    (BudgetExhausted, "privacy_budget_exhausted"),
 )
 
 
@@ -229,8 +243,11 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> ErrorResponse 
         own = getattr(exc, "code", None)
         code = _code_of(exc, _DOMAIN_CODES) or (own if own in ERRORS else "bad_request")
         fields = exc.errors if isinstance(exc, ValidationFailed) else {}
+        headers = ({"Retry-After": str(exc.retry_after)} if isinstance(exc, BudgetExhausted)
+                   else None)
         response = error_response(request, status=ERRORS[code].status, code=code,
-                                  message=exc.summary() or None, fields=fields)
+                                  message=exc.summary() or None, fields=fields,
+                                  headers=headers)
     elif isinstance(exc, DjangoValidationError):
         fields = (exc.message_dict if hasattr(exc, "error_dict")
                   else {ALL_FIELDS: exc.messages})

@@ -25,10 +25,12 @@ STATUS_DESCRIPTIONS: dict[int, str] = {
     404: "Not found, or not visible to the caller (not_found).",
     405: "The method is not allowed here (method_not_allowed).",
     406: "None of the formats the request accepts is offered (not_acceptable).",
-    409: "Someone else changed the record after the caller read it (stale_edit).",
+    409: "Someone else changed the record after the caller read it (stale_edit), or a partner "
+         "query was refused by the overlap audit (query_refused_overlap).",
     413: "The request body is too large (request_too_large).",
     415: "The request body is not JSON (unsupported_media_type).",
-    429: "Too many requests; see Retry-After (throttled).",
+    429: "Too many requests, or a partner query would exceed the privacy budget; see "
+         "Retry-After (throttled, privacy_budget_exhausted).",
     500: "The server failed; quote the request id when reporting it (server_error).",
     503: "The resource cannot be served now (model_unavailable); retry later.",
 }

@@ -1,0 +1,292 @@
+"""The partner queries' bookkeeping (research.services.partner_queries): repeats, the overlap
+audit, the privacy budget, the query log, and concurrency of one partner's requests."""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+
+import pytest
+import time_machine
+from django.contrib import admin
+from django.db import connection
+from django.test import Client, RequestFactory
+from django.utils import timezone
+from pyroaring import BitMap64
+
+from registry.api.errors import exception_handler
+from registry.errors import BudgetExhausted, QueryRefused
+from registry.services.api_tokens import api_token_create
+from research.models import PartnerQuery
+from research.services.partner_queries import partner_budget, partner_query_answer
+from tests.research.partner_answers import answer_over
+
+pytestmark = [pytest.mark.postgres, pytest.mark.django_db]
+
+Outcome = PartnerQuery.Outcome
+DAY = 86400
+
+
+@pytest.fixture(autouse=True)
+def privacy(settings):
+    settings.PARTNER_EPSILON = 0.5
+    settings.PARTNER_EPSILON_BUDGET = 20.0
+    settings.PARTNER_BUDGET_DAYS = 30
+    settings.PARTNER_AUDIT_DAYS = 90
+    settings.PARTNER_AUDIT_QUERIES = 500
+    return settings
+
+
+def ask(user, raw, *, endpoint="aggregates", params=None, token=None) -> dict:
+    return partner_query_answer(user=user, token=token, endpoint=endpoint,
+                                params={"by": "cohort"} if params is None else params,
+                                compute=lambda: raw)
+
+
+def logged(user) -> list[tuple[str, float]]:
+    return list(PartnerQuery.objects.filter(user=user).order_by("created_at", "id")
+                .values_list("outcome", "epsilon_charged"))
+
+
+# -- repeats --------------------------------------------------------------------------------------
+
+def test_a_repeat_is_free_and_identical(pat, ada):
+    cohort = range(1000, 1200)
+    first = ask(pat, answer_over(cohort, attribute=range(1000, 1080)))
+    again = ask(pat, answer_over(cohort, attribute=range(1000, 1080)),
+                params={"by": "cohort", "asked": "again"})
+    assert again == first
+    assert logged(pat) == [(Outcome.ANSWERED, 0.5), (Outcome.ANSWERED, 0.0)]
+    assert partner_budget(pat)["spent"] == 0.5
+    # Another partner asking the same gets the same numbers (noise seeded by membership),
+    # and pays for its own first asking.
+    assert ask(ada, answer_over(cohort, attribute=range(1000, 1080))) == first
+    assert logged(ada) == [(Outcome.ANSWERED, 0.5)]
+    row = PartnerQuery.objects.filter(user=pat).earliest("created_at")
+    assert row.true_result["tables"]["cohort"][0]["patients"] == 200
+    assert row.true_result["tables"]["cohort"][0]["with_attribute"] == 80
+    assert BitMap64.deserialize(bytes(row.population)) == BitMap64(range(1000, 1200))
+    assert row.params == {"by": "cohort"}
+    shown = row.released_result["tables"]["cohort"]["cells"][0]
+    assert shown["patients"] % 5 == 0 and abs(shown["patients"] - 200) < 40
+
+
+def test_the_same_population_grouped_otherwise_is_a_new_question(pat):
+    ask(pat, answer_over(range(200), group="all"))
+    ask(pat, answer_over(range(200), group="everyone"))
+    assert logged(pat) == [(Outcome.ANSWERED, 0.5), (Outcome.ANSWERED, 0.5)]
+
+
+def test_params_with_nul_characters_are_logged_without_them(pat):
+    ask(pat, answer_over(range(100)), params={"name": "a\x00b"})
+    assert PartnerQuery.objects.get(user=pat).params == {"name": "a\ufffdb"}
+
+
+# -- the overlap audit ----------------------------------------------------------------------------
+
+BASE = range(5000, 5300)
+
+
+def differing_by(count: int) -> set[int]:
+    """BASE with `count` patients changed: half removed, the rest added."""
+    removed = count // 2
+    return set(BASE[removed:]) | set(range(9000, 9000 + count - removed))
+
+
+@pytest.mark.parametrize("difference", [1, 2, 5, 10])
+def test_a_population_a_few_patients_away_is_refused(pat, difference):
+    first = ask(pat, answer_over(BASE))
+    with pytest.raises(QueryRefused) as refused:
+        ask(pat, answer_over(differing_by(difference)))
+    # The message says neither which patients nor how many.
+    assert not any(ch.isdigit() for ch in str(refused.value))
+    assert logged(pat) == [(Outcome.ANSWERED, 0.5), (Outcome.REFUSED_OVERLAP, 0.0)]
+    row = PartnerQuery.objects.get(user=pat, outcome=Outcome.REFUSED_OVERLAP)
+    assert row.released_result is None
+    assert row.true_result["tables"]["cohort"][0]["patients"] == len(differing_by(difference))
+    assert partner_budget(pat)["spent"] == 0.5
+    # The first query is still answered the same.
+    assert ask(pat, answer_over(BASE)) == first
+
+
+@pytest.mark.parametrize("population", [
+    set(BASE) | {9000}, set(BASE) | set(range(9000, 9010)), set(BASE) - {5000},
+    set(BASE) - set(range(5000, 5010))], ids=["one more", "ten more", "one less", "ten less"])
+def test_a_population_a_few_patients_larger_or_smaller_is_refused(pat, population):
+    ask(pat, answer_over(BASE))
+    with pytest.raises(QueryRefused):
+        ask(pat, answer_over(population))
+    assert logged(pat) == [(Outcome.ANSWERED, 0.5), (Outcome.REFUSED_OVERLAP, 0.0)]
+
+
+def test_the_same_population_is_a_repeat_not_a_refusal(pat):
+    first = ask(pat, answer_over(differing_by(0)))
+    assert ask(pat, answer_over(BASE)) == first
+    assert logged(pat) == [(Outcome.ANSWERED, 0.5), (Outcome.ANSWERED, 0.0)]
+
+
+@pytest.mark.parametrize("difference", [11, 12, 60])
+def test_a_population_enough_patients_away_is_answered(pat, difference):
+    ask(pat, answer_over(BASE))
+    ask(pat, answer_over(differing_by(difference)))
+    assert logged(pat) == [(Outcome.ANSWERED, 0.5), (Outcome.ANSWERED, 0.5)]
+
+
+def test_the_audit_reads_the_partners_own_answered_queries_in_its_window(pat, ada, privacy):
+    with time_machine.travel(timezone.now(), tick=False) as traveller:
+        ask(ada, answer_over(BASE))
+        ask(pat, answer_over(differing_by(3)))  # another partner's population does not count
+        with pytest.raises(QueryRefused):
+            ask(pat, answer_over(BASE))
+        # 6 patients from the answered population (and 9 from the refused one): refused.
+        with pytest.raises(QueryRefused):
+            ask(pat, answer_over(differing_by(9)))
+        traveller.shift(dt.timedelta(days=privacy.PARTNER_AUDIT_DAYS, seconds=1))
+        ask(pat, answer_over(BASE))
+    assert [o for o, _ in logged(pat)] == [Outcome.ANSWERED, Outcome.REFUSED_OVERLAP,
+                                          Outcome.REFUSED_OVERLAP, Outcome.ANSWERED]
+
+
+def test_the_audit_reads_at_most_the_last_queries(pat, privacy):
+    privacy.PARTNER_AUDIT_QUERIES = 2
+    ask(pat, answer_over(BASE))
+    ask(pat, answer_over(range(20000, 20100)))
+    ask(pat, answer_over(range(30000, 30100)))
+    ask(pat, answer_over(differing_by(4)))  # BASE is no longer among the last two
+    assert [o for o, _ in logged(pat)] == [Outcome.ANSWERED] * 4
+
+
+# -- the budget -----------------------------------------------------------------------------------
+
+def cohort(n: int) -> range:
+    return range(100_000 + 1000 * n, 100_000 + 1000 * n + 100)
+
+
+def test_an_exhausted_budget_refuses_with_the_time_until_it_comes_back(pat, privacy):
+    privacy.PARTNER_EPSILON_BUDGET = 1.0
+    with time_machine.travel(timezone.now(), tick=False) as traveller:
+        first = ask(pat, answer_over(cohort(1)))
+        traveller.shift(dt.timedelta(days=2))
+        ask(pat, answer_over(cohort(2)))
+        traveller.shift(dt.timedelta(days=1))
+        with pytest.raises(BudgetExhausted) as refused:
+            ask(pat, answer_over(cohort(3)))
+        # The first charge expires 30 days after it was made: 27 days from now.
+        assert refused.value.retry_after == 27 * DAY
+        assert logged(pat)[-1] == (Outcome.REFUSED_BUDGET, 0.0)
+        row = PartnerQuery.objects.filter(user=pat).latest("created_at")
+        assert row.released_result is None and row.true_result["patients"] == 100
+        # A repeat is still answered: it costs nothing.
+        assert ask(pat, answer_over(cohort(1))) == first
+        budget = partner_budget(pat)
+        assert (budget["spent"], budget["remaining"], budget["limit"]) == (1.0, 0.0, 1.0)
+        assert budget["next_expiry_at"] == timezone.now() + dt.timedelta(days=27)
+        assert budget["resets_at"] == timezone.now() + dt.timedelta(days=29)
+        traveller.shift(dt.timedelta(days=27, seconds=1))
+        ask(pat, answer_over(cohort(3)))
+        assert partner_budget(pat)["spent"] == 1.0
+    assert [o for o, _ in logged(pat)] == [
+        Outcome.ANSWERED, Outcome.ANSWERED, Outcome.REFUSED_BUDGET, Outcome.ANSWERED,
+        Outcome.ANSWERED]
+
+
+def test_a_query_costs_epsilon_times_its_sensitivity(pat, privacy):
+    privacy.PARTNER_EPSILON_BUDGET = 2.0
+    ask(pat, answer_over(cohort(1), sensitivity=3))
+    assert logged(pat) == [(Outcome.ANSWERED, 1.5)]
+    with pytest.raises(BudgetExhausted):
+        ask(pat, answer_over(cohort(2), sensitivity=2))
+    ask(pat, answer_over(cohort(3), sensitivity=1))  # exactly the budget: allowed
+    assert partner_budget(pat)["spent"] == 2.0
+
+
+def test_a_query_larger_than_the_whole_budget_waits_a_whole_window(pat, privacy):
+    privacy.PARTNER_EPSILON_BUDGET = 1.0
+    with pytest.raises(BudgetExhausted) as refused:
+        ask(pat, answer_over(cohort(1), sensitivity=3))
+    assert refused.value.retry_after == 30 * DAY
+    assert logged(pat) == [(Outcome.REFUSED_BUDGET, 0.0)]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_queries_of_one_partner_cannot_overspend(pat, privacy):
+    privacy.PARTNER_EPSILON_BUDGET = 1.5  # three queries
+    start = threading.Barrier(8)
+    outcomes: list[str] = []
+
+    def one(n: int) -> None:
+        try:
+            start.wait()
+            ask(pat, answer_over(cohort(n)))
+            outcomes.append("answered")
+        except BudgetExhausted:
+            outcomes.append("refused")
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=one, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(outcomes) == ["answered"] * 3 + ["refused"] * 5
+    rows = logged(pat)
+    assert sorted(o for o, _ in rows) == [Outcome.ANSWERED] * 3 + [Outcome.REFUSED_BUDGET] * 5
+    assert sum(eps for _, eps in rows) == 1.5
+
+
+# -- the errors, the endpoint and the admin -------------------------------------------------------
+
+def test_refusals_become_the_error_body_with_retry_after(rf: RequestFactory):
+    request = rf.get("/api/v1/aggregates/")
+    response = exception_handler(BudgetExhausted("Over budget.", retry_after=3600),
+                                 {"request": request})
+    assert response.status_code == 429 and response["Retry-After"] == "3600"
+    assert response.data["error"]["code"] == "privacy_budget_exhausted"
+    response = exception_handler(QueryRefused("Too close."), {"request": request})
+    assert response.status_code == 409 and not response.has_header("Retry-After")
+    assert response.data["error"]["code"] == "query_refused_overlap"
+
+
+def bearer(user, scopes) -> dict:
+    text = api_token_create(user=user, name="tests", scopes=scopes, expires_days=30,
+                            acting_user=None)[1]
+    return {"HTTP_AUTHORIZATION": f"Bearer {text}"}
+
+
+@pytest.mark.parametrize("scopes", [["aggregates"], ["feasibility"]])
+def test_the_budget_endpoint_shows_what_is_spent(pat, scopes):
+    url = "/api/v1/privacy-budget/"
+    fresh = Client().get(url, **bearer(pat, scopes))
+    assert fresh.status_code == 200
+    assert fresh.json() == {"spent": 0.0, "limit": 20.0, "remaining": 20.0,
+                            "epsilon_per_query": 0.5, "window_days": 30,
+                            "next_expiry_at": None, "resets_at": None}
+    ask(pat, answer_over(cohort(1)))
+    body = Client().get(url, **bearer(pat, scopes)).json()
+    assert (body["spent"], body["remaining"]) == (0.5, 19.5)
+    assert body["resets_at"] is not None
+
+
+def test_the_budget_endpoint_needs_a_partner_scope(pat):
+    url = "/api/v1/privacy-budget/"
+    refused = Client().get(url, **bearer(pat, ["releases"]))
+    assert refused.status_code == 403
+    assert refused.json()["error"]["code"] == "permission_denied"
+    assert Client().get(url).status_code == 401
+
+
+def test_the_query_log_is_read_only_in_the_admin(pat, ada, rf):
+    ask(pat, answer_over(cohort(1)))
+    model_admin = admin.site._registry[PartnerQuery]
+    request = rf.get("/admin/")
+    request.user = ada
+    row = PartnerQuery.objects.get()
+    assert model_admin.has_view_permission(request, row)
+    assert not model_admin.has_add_permission(request)
+    assert not model_admin.has_change_permission(request, row)
+    assert not model_admin.has_delete_permission(request, row)
+    assert row.patients == 100
+    partner_request = rf.get("/admin/")
+    partner_request.user = pat
+    assert not model_admin.has_view_permission(partner_request, row)
