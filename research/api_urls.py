@@ -3,7 +3,7 @@ its "api" namespace: `reverse("api:request_detail", kwargs={"pk": 1})`)."""
 
 from django.urls import path
 
-from research.api import views
+from research.api import partner, views
 
 urlpatterns = [
     path("catalog/variables/", views.VariableCatalogApi.as_view(), name="catalog_variables"),
@@ -26,4 +26,8 @@ urlpatterns = [
     path("releases/<int:pk>/", views.ReleaseDetailApi.as_view(), name="release_detail"),
     path("releases/<int:pk>/files/<str:name>", views.ReleaseFileApi.as_view(),
          name="release_file"),
+    path("aggregates/", partner.AggregatesApi.as_view(), name="aggregates"),
+    path("aggregates/dimensions/", partner.AggregateDimensionsApi.as_view(),
+         name="aggregate_dimensions"),
+    path("feasibility/", partner.FeasibilityApi.as_view(), name="feasibility"),
 ]
