@@ -192,7 +192,8 @@ def snapshot_build() -> Snapshot:
     first = d.set_index("pidx").reindex(np.arange(len(patients)))
     cancer_code = first["cancer_id"].map(lambda c: code_of.get(int(c)) if pd.notna(c) else None)
     patients["cancer_code"] = cancer_code.astype("category")
-    patients["cancer_site"] = _categorical(cancer_code.str[:3], values["cancer_site"])
+    patients["cancer_site"] = _categorical(cancer_code.astype("string").str[:3],
+                                           values["cancer_site"])
     patients["stage_group"] = first["stage_group"].astype("category")
     patients["stage"] = _categorical(_stage_main(first["stage_group"]), values["stage"])
     year = pd.to_datetime(first["diagnosis_date"]).dt.year
