@@ -68,99 +68,91 @@ def _allowed(codes: np.ndarray, dimension: str, allowed: list[str], snapshot: Sn
     return np.isin(codes, np.asarray(wanted, dtype=np.int64))
 
 
-def _codes(series: pd.Series) -> np.ndarray:
-    return series.cat.codes.to_numpy(dtype=np.int64)
-
-
-class _Units:
-    """The units a query counts: pidx and the regimen and cycle codes (when the level has
-    them), with an integer key per unit for matching events."""
-
-    def __init__(self, pidx: np.ndarray, regimen: np.ndarray | None = None,
-                 cycle: np.ndarray | None = None) -> None:
-        self.pidx, self.regimen, self.cycle = pidx, regimen, cycle
-
-
-def _key(pidx: np.ndarray, regimen: np.ndarray | None, cycle: np.ndarray | None,
-         n_regimens: int) -> np.ndarray:
-    key = pidx.astype(np.int64)
-    if regimen is not None:
-        key = key * n_regimens + regimen
-    if cycle is not None:
-        key = key * (MAX_CYCLES_COUNTED + 1) + cycle
-    return key
+def _flags(size: int, rows: np.ndarray) -> np.ndarray:
+    flags = np.zeros(size, dtype=bool)
+    flags[rows] = True
+    return flags
 
 
 def aggregate_raw(snapshot: Snapshot, spec: dict) -> RawAnswer:
     """The aggregate's cells with their true counts and digests (see the module's docstring).
-    Vectorised: boolean masks and bincounts over categorical codes, no loop per patient."""
+    Vectorised: boolean masks, scattered flags and bincounts over categorical codes; no loop
+    per patient, no sort of the cohort."""
     measure, by = spec["measure"], list(spec.get("by") or [])
     filters: dict[str, list[str]] = spec.get("filters") or {}
-    patients = snapshot.patients
-    n_regimens = len(snapshot.values["regimen"])
+    n_patients = len(snapshot.patients)
+    n_regimens, n_cycles = len(snapshot.regimens), len(snapshot.cycles)
+    column = snapshot.array
 
-    keep = np.ones(len(patients), dtype=bool)
+    keep = np.ones(n_patients, dtype=bool)
     for dimension, allowed in filters.items():
         if DIMENSIONS[dimension].level == PATIENT:
-            keep &= _allowed(_codes(patients[dimension]), dimension, allowed, snapshot)
+            keep &= _allowed(column("patients", dimension), dimension, allowed, snapshot)
 
     level = grouping_level(by)
-    cycles_allowed = None
-    if "cycle_number" in filters:
-        cycles_allowed = np.asarray([int(c) for c in filters["cycle_number"]], dtype=np.int64)
-    by_cycle = level == CYCLE or cycles_allowed is not None
-    treated_only = measure == "incidence" or "regimen" in filters or level != PATIENT
+    # The (patient, regimen) pairs kept, and the cycles kept when cycles matter.
+    regimen_pidx = column("regimens", "pidx")
+    regimen_codes = column("regimens", "regimen")
+    pairs = keep[regimen_pidx]
+    if "regimen" in filters:
+        pairs &= _allowed(regimen_codes, "regimen", filters["regimen"], snapshot)
+    kept_cycles = None
+    if level == CYCLE or "cycle_number" in filters:
+        cycle_no = column("cycles", "cycle_no")
+        cycle_pair = column("cycles", "regimen_row")
+        kept_cycles = pairs[cycle_pair] & (cycle_no >= 1) & (cycle_no <= MAX_CYCLES_COUNTED)
+        if "cycle_number" in filters:
+            kept_cycles &= np.isin(cycle_no, [int(c) for c in filters["cycle_number"]])
+        if level != CYCLE:  # a pair counts when one of its cycles is kept
+            pairs &= _flags(n_regimens, cycle_pair[kept_cycles])
 
-    if not treated_only:
-        units = _Units(np.flatnonzero(keep))
+    cycle_codes = None
+    if level == CYCLE:
+        rows = np.flatnonzero(kept_cycles)
+        unit_pidx = column("cycles", "pidx")[rows]
+        unit_regimen = column("cycles", "regimen")[rows]
+        cycle_codes = column("cycles", "cycle_no")[rows].astype(np.int64) - 1
+    elif level == REGIMEN:
+        rows = np.flatnonzero(pairs)
+        unit_pidx, unit_regimen = regimen_pidx[rows], regimen_codes[rows]
+    elif measure == "incidence" or "regimen" in filters:  # the treated patients
+        rows = unit_pidx = np.flatnonzero(_flags(n_patients, regimen_pidx[pairs]))
+        unit_regimen = None
     else:
-        if by_cycle:
-            frame = snapshot.cycles
-            pidx = frame["pidx"].to_numpy(dtype=np.int64)
-            regimen = _codes(frame["regimen"])
-            cycle = frame["cycle_no"].to_numpy(dtype=np.int64)
-            mask = keep[pidx] & (cycle >= 1) & (cycle <= MAX_CYCLES_COUNTED)
-            if cycles_allowed is not None:
-                mask &= np.isin(cycle, cycles_allowed)
-        else:
-            frame = snapshot.regimens
-            pidx = frame["pidx"].to_numpy(dtype=np.int64)
-            regimen = _codes(frame["regimen"])
-            cycle = None
-            mask = keep[pidx]
-        if "regimen" in filters:
-            mask &= _allowed(regimen, "regimen", filters["regimen"], snapshot)
-        pidx, regimen = pidx[mask], regimen[mask]
-        cycle = cycle[mask] if cycle is not None else None
-        if level == CYCLE:
-            units = _Units(pidx, regimen, cycle)
-        elif level == REGIMEN:
-            if cycle is not None:  # cycles filtered: a pair counts once
-                pair = np.unique(_key(pidx, regimen, None, n_regimens))
-                pidx, regimen = pair // n_regimens, pair % n_regimens
-            units = _Units(pidx, regimen)
-        else:
-            units = _Units(np.unique(pidx))
+        rows = unit_pidx = np.flatnonzero(keep)
+        unit_regimen = None
 
     event = None
     if measure == "incidence":
-        event = _events(snapshot, spec, units, level, filters, cycles_allowed, keep, n_regimens)
+        term = snapshot.terms.index(spec["term"]) if spec["term"] in snapshot.terms else -1
+        hit = ((column("adverse_events", "term") == term)
+               & (column("adverse_events", "max_grade") >= int(spec["min_grade"])))
+        event_cycle = column("adverse_events", "cycle_row")
+        event_pair = column("adverse_events", "regimen_row")
+        hit &= kept_cycles[event_cycle] if kept_cycles is not None else pairs[event_pair]
+        if level == CYCLE:
+            flagged = _flags(n_cycles, event_cycle[hit])
+        elif level == REGIMEN:
+            flagged = _flags(n_regimens, event_pair[hit])
+        else:
+            flagged = _flags(n_patients, column("adverse_events", "pidx")[hit])
+        event = flagged[rows]
 
     # Cell of each unit: the mixed-radix number of its dimensions' codes.
     sizes = [len(snapshot.values[d]) for d in by]
-    cell = np.zeros(len(units.pidx), dtype=np.int64)
-    valid = np.ones(len(units.pidx), dtype=bool)
+    cell = np.zeros(len(unit_pidx), dtype=np.int64)
+    valid = np.ones(len(unit_pidx), dtype=bool)
     for dimension, size in zip(by, sizes, strict=True):
         if dimension == "regimen":
-            codes = units.regimen
+            codes = unit_regimen
         elif dimension == "cycle_number":
-            codes = units.cycle - 1
+            codes = cycle_codes
         else:
-            codes = _codes(patients[dimension])[units.pidx]
+            codes = column("patients", dimension)[unit_pidx]
         valid &= codes >= 0
         cell = cell * size + codes
     n_cells = int(np.prod(sizes)) if sizes else 1
-    cell, unit_pidx = cell[valid], units.pidx[valid]
+    cell, unit_pidx = cell[valid], unit_pidx[valid]
     patient_ids = snapshot.patient_ids[unit_pidx]
 
     table = _grid(snapshot, by, sizes)
@@ -168,41 +160,16 @@ def aggregate_raw(snapshot: Snapshot, spec: dict) -> RawAnswer:
     table[PATIENTS + DIGEST_SUFFIX] = set_digests(cell, patient_ids, n_cells)
     rates = {}
     if event is not None:
-        hit = event[valid]
-        table[WITH_EVENT] = np.bincount(cell[hit], minlength=n_cells).astype(np.int64)
-        table[WITH_EVENT + DIGEST_SUFFIX] = set_digests(cell[hit], patient_ids[hit], n_cells)
+        hit_units = event[valid]
+        table[WITH_EVENT] = np.bincount(cell[hit_units], minlength=n_cells).astype(np.int64)
+        table[WITH_EVENT + DIGEST_SUFFIX] = set_digests(cell[hit_units],
+                                                        patient_ids[hit_units], n_cells)
         rates = {TABLE: {RATE: (WITH_EVENT, PATIENTS)}}
-    return RawAnswer(population=np.unique(patient_ids), tables={TABLE: table}, rates=rates,
+    # The snapshot's patients are in id order: the flagged ones are the sorted population.
+    population = snapshot.patient_ids[_flags(n_patients, unit_pidx)]
+    return RawAnswer(population=population, tables={TABLE: table}, rates=rates,
                      sensitivity=SENSITIVITY[level],
                      snapshot_at=snapshot.snapshot_at.isoformat())
-
-
-def _events(snapshot: Snapshot, spec: dict, units: _Units, level: str,
-            filters: dict[str, list[str]], cycles_allowed: np.ndarray | None,
-            keep: np.ndarray, n_regimens: int) -> np.ndarray:
-    """For each unit, whether it had an event of the term at the grade or more in a cycle it
-    counts by."""
-    events = snapshot.adverse_events
-    term = snapshot.terms.index(spec["term"]) if spec["term"] in snapshot.terms else -1
-    pidx = events["pidx"].to_numpy(dtype=np.int64)
-    regimen = _codes(events["regimen"])
-    cycle = events["cycle_no"].to_numpy(dtype=np.int64)
-    mask = ((_codes(events["term"]) == term)
-            & (events["max_grade"].to_numpy() >= int(spec["min_grade"])) & keep[pidx])
-    if level == CYCLE or cycles_allowed is not None:
-        mask &= (cycle >= 1) & (cycle <= MAX_CYCLES_COUNTED)
-    if cycles_allowed is not None:
-        mask &= np.isin(cycle, cycles_allowed)
-    if "regimen" in filters:
-        mask &= _allowed(regimen, "regimen", filters["regimen"], snapshot)
-    pidx, regimen, cycle = pidx[mask], regimen[mask], cycle[mask]
-    if level == CYCLE:
-        return np.isin(_key(units.pidx, units.regimen, units.cycle, n_regimens),
-                       _key(pidx, regimen, cycle, n_regimens))
-    if level == REGIMEN:
-        return np.isin(_key(units.pidx, units.regimen, None, n_regimens),
-                       _key(pidx, regimen, None, n_regimens))
-    return np.isin(units.pidx, pidx)
 
 
 def _grid(snapshot: Snapshot, by: list[str], sizes: list[int]) -> pd.DataFrame:

@@ -12,9 +12,11 @@ only records submitted, verified or locked. The frames:
   column per known biomarker of the first diagnosis ("+", "-", "50%"...);
 - `lines`: pidx, patient_id, line_no, line_rank (1 for the patient's first line), regimen;
 - `regimens`: the distinct (pidx, regimen) pairs of the first MAX_LINES_COUNTED lines;
-- `cycles`: the distinct (pidx, regimen, cycle_no) of the cycles of those lines;
+- `cycles`: the distinct (pidx, regimen, cycle_no) of the cycles of those lines, with
+  regimen_row (the row of their pair in `regimens`);
 - `adverse_events`: pidx, regimen, cycle_no, term (CTCAE term code), max_grade: the highest
-  grade of each term that occurs in a cycle of those lines;
+  grade of each term that occurs in a cycle of those lines, with cycle_row (the row of the
+  cycle in `cycles`) and regimen_row;
 - `labs`: pidx, lab (LOINC code), value (in the canonical unit), unit: the latest value of
   each lab concept per patient.
 
@@ -72,9 +74,25 @@ class Snapshot:
     snapshot_at: dt.datetime
     built_at: float = field(default=0.0, compare=False)  # the clock's reading at build time
 
+    # Columns as numpy arrays, made once per snapshot (see `array`).
+    _arrays: dict = field(default_factory=dict, compare=False, repr=False)
+
     @property
     def patient_ids(self) -> np.ndarray:
-        return self.patients["patient_id"].to_numpy(dtype=np.int64)
+        return self.array("patients", "patient_id")
+
+    def array(self, frame: str, column: str) -> np.ndarray:
+        """A column of one of the frames as a numpy array (a categorical's codes, -1 for
+        missing), converted once and kept: queries read these, not the frames."""
+        key = (frame, column)
+        found = self._arrays.get(key)
+        if found is None:
+            series = getattr(self, frame)[column]
+            found = (series.cat.codes.to_numpy() if isinstance(series.dtype, pd.CategoricalDtype)
+                     else series.to_numpy())
+            found.flags.writeable = False
+            self._arrays[key] = found
+        return found
 
 
 # -- reading -------------------------------------------------------------------------------------
@@ -140,6 +158,14 @@ def _age_band(age: pd.Series) -> pd.Series:
     bins = [low for _label, low, _high in AGE_BANDS] + [AGE_BANDS[-1][2]]
     labels = [label for label, _low, _high in AGE_BANDS]
     return pd.cut(age, bins=bins, labels=labels, right=False).astype(object)
+
+
+def _rows_of(frame: pd.DataFrame, target: pd.DataFrame, keys: list[str]) -> np.ndarray:
+    """For each row of `frame`, the position of the row of `target` with the same `keys`
+    (every one has one)."""
+    position = target[keys].assign(_row=np.arange(len(target), dtype=np.int64))
+    found = frame[keys].merge(position, on=keys, how="left", sort=False)["_row"]
+    return found.to_numpy(dtype=np.int64)
 
 
 # -- building ------------------------------------------------------------------------------------
@@ -247,6 +273,15 @@ def snapshot_build() -> Snapshot:
                                              observed=True)["max_grade"].max().reset_index())
     regimen_units = (lines.loc[lines["line_rank"] <= MAX_LINES_COUNTED, ["pidx", "regimen"]]
                      .drop_duplicates().reset_index(drop=True))
+    # Each cycle and event knows the row of its (patient, regimen) pair, and each event the row
+    # of its cycle, so a query marks them by scattering flags instead of matching keys.
+    cycle_units = (cycles[["pidx", "regimen", "cycle_no"]].drop_duplicates()
+                   .reset_index(drop=True))
+    cycle_units["regimen_row"] = _rows_of(cycle_units, regimen_units, ["pidx", "regimen"])
+    adverse_events["cycle_row"] = _rows_of(adverse_events, cycle_units,
+                                           ["pidx", "regimen", "cycle_no"])
+    adverse_events["regimen_row"] = cycle_units["regimen_row"].to_numpy()[
+        adverse_events["cycle_row"].to_numpy()]
 
     labs = own(_read("labresult", ["id", "patient_id", "status", "lab_id", "collected_date",
                                    "value_canonical", "canonical_unit_id"]))
@@ -268,7 +303,7 @@ def snapshot_build() -> Snapshot:
         lines=lines[["pidx", "patient_id", "line_no", "line_rank", "regimen"]]
         .reset_index(drop=True),
         regimens=regimen_units,
-        cycles=cycles[["pidx", "regimen", "cycle_no"]].drop_duplicates().reset_index(drop=True),
+        cycles=cycle_units,
         adverse_events=adverse_events, labs=labs, values=values, terms=terms,
         lab_codes=lab_codes, snapshot_at=snapshot_at, built_at=_clock())
 
