@@ -903,3 +903,47 @@ def test_the_snapshot_builds_through_the_orm_elsewhere(world):
         left = getattr(via_copy, name).reset_index(drop=True)
         right = getattr(via_orm, name).reset_index(drop=True)
         assert left.astype(str).equals(right.astype(str)), name
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_readers_of_a_stale_snapshot_start_one_rebuild(vocabulary, site_a, alice,
+                                                                  clock, settings, monkeypatch):
+    """Committed writes, then eight threads at once on a stale snapshot: one rebuild (which
+    sees the withdrawal), every reader answered with the old or the new snapshot."""
+    settings.PARTNER_SNAPSHOT_MAX_AGE_SECONDS = 60
+    p = clinical.patient_register(site=site_a, patient_no="CONC1", sex="F", birth_year=1966,
+                                  consent_scope="commercial", acting_user=alice)
+    workflow.patient_submit(p, acting_user=alice)
+    old = partner_snapshot()
+    assert p.pk in old.patient_ids
+    clinical.patient_withdraw(patient=p, withdrawn_date=timezone.localdate(),
+                              acting_user=alice, reason="consent withdrawn")
+    assert Patient.objects.get(pk=p.pk).withdrawn_date is not None
+    clock[0] += 61
+    real_build = snapshot_module.snapshot_build
+    builds = []
+
+    def counted_build():
+        builds.append(threading.get_ident())
+        return real_build()
+    monkeypatch.setattr(snapshot_module, "snapshot_build", counted_build)
+    barrier = threading.Barrier(8)
+    results = []
+
+    def reader():
+        try:
+            barrier.wait(10)
+            results.append(partner_snapshot())
+        finally:
+            connection.close()
+    threads = [threading.Thread(target=reader) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    new = snapshot_module._current
+    assert len(builds) == 1
+    assert len(results) == 8
+    assert all(r is old or r is new for r in results)
+    assert new is not old
+    assert p.pk not in new.patient_ids
