@@ -28,22 +28,24 @@ from rest_framework.views import APIView
 from registry.api.permissions import HasScope
 from registry.api.schema import error_responses
 from registry.api.scopes import Scope
-from registry.models import Concept, Site
+from registry.models import Site
 from registry.models.terminology import Domain
 from research import limits as L
 from research.api.serializers import StrictInput, TextField
 from research.criteria import CODE_PATTERN, STAGE_PATTERN
-from research.partner.aggregates import MAX_BY, MEASURES, aggregate_raw
+from research.partner.aggregates import aggregate_raw
 from research.partner.answer import RawAnswer
 from research.partner.dimensions import (
     BIOMARKERS,
     DIMENSIONS,
+    MAX_BY,
     MAX_CYCLES_COUNTED,
     MAX_LINES_COUNTED,
+    MEASURES,
     STAGES,
-    both_labels,
+    concept_codes,
     dimension_values,
-    shown,
+    dimensions_listed,
 )
 from research.partner.feasibility import feasibility_raw
 from research.partner.snapshot import partner_snapshot
@@ -62,10 +64,6 @@ def _answer(request: Request, *, endpoint: str, params: dict,
 
     return partner_query_answer(user=request.user, token=request.auth, endpoint=endpoint,
                                 params=params, compute=compute)
-
-
-def _codes_of(domain: str) -> set[str]:
-    return set(Concept.objects.filter(domain=domain).values_list("code", flat=True))
 
 
 @extend_schema_field({"oneOf": [{"type": "string"}, {"type": "integer"}]})
@@ -159,7 +157,7 @@ class AggregateInput(StrictInput):
             for name in ("term", "min_grade"):
                 if data.get(name) is None:
                     errors[name] = [_("The measure incidence needs this.")]
-            if data.get("term") is not None and data["term"] not in _codes_of(
+            if data.get("term") is not None and data["term"] not in concept_codes(
                     Domain.ADVERSE_EVENT):
                 errors["term"] = [_("Not a CTCAE term of the vocabulary "
                                     "(GET /api/v1/aggregates/dimensions/ lists them).")]
@@ -172,11 +170,6 @@ class AggregateInput(StrictInput):
         return {"measure": data["measure"], "by": list(by),
                 "filters": {k: list(v) for k, v in sorted(filters.items())},
                 "term": data.get("term"), "min_grade": data.get("min_grade")}
-
-
-def _values_output(name: str, values) -> list[dict]:
-    return [{"code": shown(name, v.code), "label_en": v.label_en, "label_zh": v.label_zh}
-            for v in values]
 
 
 class LabeledValueOutput(serializers.Serializer):
@@ -227,40 +220,6 @@ class DimensionsOutput(serializers.Serializer):
     biomarkers = serializers.ListField(child=serializers.CharField(),
                                        help_text="Biomarkers feasibility criteria may name.")
     labs = LabOutput(many=True, help_text="Lab concepts feasibility criteria may name.")
-
-
-def dimensions_listed() -> dict:
-    """What a partner may ask: dimensions and their values, measures, terms, labs."""
-    values = dimension_values()
-    measures = [
-        ("patients", gettext_lazy("Patients"), ["patients"], []),
-        ("incidence", gettext_lazy("Incidence of an adverse event"),
-         ["patients", "patients_with_event"], ["incidence"]),
-    ]
-    concepts = Concept.objects.filter(domain__in=[Domain.ADVERSE_EVENT, Domain.LAB]).order_by(
-        "code")
-    terms, labs = [], []
-    for c in concepts:
-        zh = c.name_zh or c.name_en
-        if c.domain == Domain.ADVERSE_EVENT:
-            terms.append({"code": c.code, "label_en": c.name_en, "label_zh": zh,
-                          "grades": sorted(c.allowed_grades())})
-        else:
-            labs.append({"code": c.code, "label_en": c.name_en, "label_zh": zh,
-                         "unit": str((c.attributes or {}).get("canonical_unit", ""))})
-    return {
-        "dimensions": [{"name": name, "label_en": both_labels(d.label)[0],
-                        "label_zh": both_labels(d.label)[1], "level": d.level,
-                        "values": _values_output(name, values[name])}
-                       for name, d in DIMENSIONS.items()],
-        "measures": [{"name": name, "label_en": both_labels(label)[0],
-                      "label_zh": both_labels(label)[1],
-                      "count_columns": counts, "rates": rates}
-                     for name, label, counts, rates in measures],
-        "max_by": MAX_BY, "max_lines_counted": MAX_LINES_COUNTED,
-        "max_cycles_counted": MAX_CYCLES_COUNTED,
-        "terms": terms, "biomarkers": list(BIOMARKERS), "labs": labs,
-    }
 
 
 _RELEASED = OpenApiResponse(response=OpenApiTypes.OBJECT, description=(
@@ -314,7 +273,7 @@ class LabCriterionInput(StrictInput):
                            max_value=L.LAB_BOUND_ABS_MAX, help_text="In the canonical unit.")
 
     def validate_concept(self, value: str) -> str:
-        if not _LOINC.fullmatch(value) or value not in _codes_of(Domain.LAB):
+        if not _LOINC.fullmatch(value) or value not in concept_codes(Domain.LAB):
             raise serializers.ValidationError(_("Not a lab concept of the vocabulary."))
         return value
 

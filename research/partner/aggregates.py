@@ -39,15 +39,15 @@ from research.partner.dimensions import (
     MAX_CYCLES_COUNTED,
     MAX_LINES_COUNTED,
     PATIENT,
+    PATIENTS,
+    RATE,
     REGIMEN,
+    WITH_EVENT,
     shown,
 )
 from research.partner.snapshot import Snapshot
 
-MEASURES = ("patients", "incidence")
-MAX_BY = 2
 TABLE = "cells"
-PATIENTS, WITH_EVENT, RATE = "patients", "patients_with_event", "incidence"
 # The most cells one patient can count in, by grouping level: what disclosure control charges.
 SENSITIVITY = {PATIENT: 1, REGIMEN: MAX_LINES_COUNTED, CYCLE: MAX_LINES_COUNTED
                * MAX_CYCLES_COUNTED}

@@ -36,6 +36,12 @@ STAGES = ("0", "I", "II", "III", "IV", "BCLC 0", "BCLC A", "BCLC B", "BCLC C", "
 # them); feasibility criteria may name these only.
 BIOMARKERS = ("EGFR", "ALK", "ROS1", "KRAS", "BRAF", "MSI-H", "HER2", "ER", "PR", "PD-L1")
 
+# What an aggregate counts, and how many dimensions it may group by.
+MEASURES = ("patients", "incidence")
+MAX_BY = 2
+# The count columns of an aggregate's table, and the rate of an incidence.
+PATIENTS, WITH_EVENT, RATE = "patients", "patients_with_event", "incidence"
+
 # Grouping levels: a patient, a (patient, regimen) pair, a (patient, regimen, cycle) triple.
 PATIENT, REGIMEN, CYCLE = "patient", "regimen", "cycle"
 
@@ -132,3 +138,46 @@ def dimension_codes(values: dict[str, list[Value]]) -> dict[str, tuple[str, ...]
 def shown(dimension: str, code: str) -> str | int:
     """A stored value as the API shows it (integers for the integer dimensions)."""
     return int(code) if DIMENSIONS[dimension].integer and code.isdigit() else code
+
+
+def concept_codes(domain: str) -> set[str]:
+    """The codes of the vocabulary's concepts of a domain (CTCAE terms, lab concepts)."""
+    return set(Concept.objects.filter(domain=domain).values_list("code", flat=True))
+
+
+def _values_output(name: str, values: list[Value]) -> list[dict]:
+    return [{"code": shown(name, v.code), "label_en": v.label_en, "label_zh": v.label_zh}
+            for v in values]
+
+
+def dimensions_listed() -> dict:
+    """What a partner may ask: dimensions and their values, measures, terms, labs."""
+    values = dimension_values()
+    measures = [
+        ("patients", _("Patients"), [PATIENTS], []),
+        ("incidence", _("Incidence of an adverse event"), [PATIENTS, WITH_EVENT], [RATE]),
+    ]
+    concepts = Concept.objects.filter(domain__in=[Domain.ADVERSE_EVENT, Domain.LAB]).order_by(
+        "code")
+    terms, labs = [], []
+    for c in concepts:
+        zh = c.name_zh or c.name_en
+        if c.domain == Domain.ADVERSE_EVENT:
+            terms.append({"code": c.code, "label_en": c.name_en, "label_zh": zh,
+                          "grades": sorted(c.allowed_grades())})
+        else:
+            labs.append({"code": c.code, "label_en": c.name_en, "label_zh": zh,
+                         "unit": str((c.attributes or {}).get("canonical_unit", ""))})
+    return {
+        "dimensions": [{"name": name, "label_en": both_labels(d.label)[0],
+                        "label_zh": both_labels(d.label)[1], "level": d.level,
+                        "values": _values_output(name, values[name])}
+                       for name, d in DIMENSIONS.items()],
+        "measures": [{"name": name, "label_en": both_labels(label)[0],
+                      "label_zh": both_labels(label)[1],
+                      "count_columns": counts, "rates": rates}
+                     for name, label, counts, rates in measures],
+        "max_by": MAX_BY, "max_lines_counted": MAX_LINES_COUNTED,
+        "max_cycles_counted": MAX_CYCLES_COUNTED,
+        "terms": terms, "biomarkers": list(BIOMARKERS), "labs": labs,
+    }
