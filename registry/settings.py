@@ -214,6 +214,9 @@ COMMITTEE_MAJORITY_PCT = env_int("COMMITTEE_MAJORITY_PCT", 50)
 # rather than every patient's generalised further.
 RELEASE_K_ANONYMITY = env_int("RELEASE_K_ANONYMITY", 5)
 RELEASE_MAX_SUPPRESSED_PCT = env_int("RELEASE_MAX_SUPPRESSED_PCT", 5)
+# The partner API's analysis snapshot (research/partner/snapshot.py) is rebuilt in each process
+# once it is older than this: aggregates and feasibility counts lag the registry by at most it.
+PARTNER_SNAPSHOT_MAX_AGE_SECONDS = env_int("PARTNER_SNAPSHOT_MAX_AGE_SECONDS", 600)
 
 # The partner API's differencing defence (docs/partner-api.md, "Disclosure control and
 # differencing defence"). Each released count gets noise of parameter PARTNER_EPSILON

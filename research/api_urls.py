@@ -3,7 +3,7 @@ its "api" namespace: `reverse("api:request_detail", kwargs={"pk": 1})`)."""
 
 from django.urls import path
 
-from research.api import budget, views
+from research.api import budget, partner, views
 
 urlpatterns = [
     path("catalog/variables/", views.VariableCatalogApi.as_view(), name="catalog_variables"),
@@ -27,4 +27,8 @@ urlpatterns = [
     path("releases/<int:pk>/files/<str:name>", views.ReleaseFileApi.as_view(),
          name="release_file"),
     path("privacy-budget/", budget.PrivacyBudgetApi.as_view(), name="privacy_budget"),
+    path("aggregates/", partner.AggregatesApi.as_view(), name="aggregates"),
+    path("aggregates/dimensions/", partner.AggregateDimensionsApi.as_view(),
+         name="aggregate_dimensions"),
+    path("feasibility/", partner.FeasibilityApi.as_view(), name="feasibility"),
 ]

@@ -20,8 +20,8 @@ from registry.errors import ErrorCollector
 from research import limits as L
 
 KEYS = ("cancer", "diagnosis_year_from", "diagnosis_year_to", "stage_groups", "chemotherapy")
-_CODE = re.compile(r"^[A-Z][0-9]{2}(\.[0-9A-Z]{1,4})?$")
-_STAGE = re.compile(r"^[0-9A-Za-z]{1,8}$")
+CODE_PATTERN = re.compile(r"^[A-Z][0-9]{2}(\.[0-9A-Z]{1,4})?$")
+STAGE_PATTERN = re.compile(r"^[0-9A-Za-z]{1,8}$")
 
 
 def _codes(value: Any, field: str, errors: ErrorCollector, pattern: re.Pattern, upper: bool
@@ -76,10 +76,10 @@ def criteria_clean(raw: Any) -> dict:
     if unknown:
         errors.add("criteria", f"Unknown criteria: {', '.join(unknown)}; known: {', '.join(KEYS)}.")
     out: dict[str, Any] = {}
-    cancer = _codes(raw.get("cancer"), "cancer", errors, _CODE, True)
+    cancer = _codes(raw.get("cancer"), "cancer", errors, CODE_PATTERN, True)
     if cancer:
         out["cancer"] = cancer
-    stages = _codes(raw.get("stage_groups"), "stage_groups", errors, _STAGE, True)
+    stages = _codes(raw.get("stage_groups"), "stage_groups", errors, STAGE_PATTERN, True)
     if stages:
         out["stage_groups"] = stages
     start = _year(raw.get("diagnosis_year_from"), "diagnosis_year_from", errors)

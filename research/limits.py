@@ -21,13 +21,24 @@ CRITERIA_LIST_MAX = 50
 CRITERIA_CODE_MAX_LENGTH = 16
 DIAGNOSIS_YEAR_MIN, DIAGNOSIS_YEAR_MAX = 1990, 2100
 TEAM_MAX = 50
+# Partner aggregates and feasibility: values one filter or criterion may list, lab criteria
+# one query may hold, the prior lines a criterion may name, the size of a lab bound (canonical
+# units; no lab value comes near), the length of a biomarker value or a filter value.
+PARTNER_VALUES_MAX = CRITERIA_LIST_MAX
+PARTNER_LABS_MAX = 10
+PRIOR_LINES_MAX = 30
+LAB_BOUND_ABS_MAX = 1e9
+BIOMARKER_VALUE_MAX_LENGTH = 16
+PARTNER_VALUE_MAX_LENGTH = 64
 # k of k-anonymity the committee may require.
 K_MIN, K_MAX = 2, 100
 # The name of a partner API endpoint in the query log (its URL name).
 ENDPOINT_MAX_LENGTH = 100
 
 __all__ = [
-    "ACCESS_DAYS_MAX", "ACCESS_DAYS_MIN", "CHOICE_MAX_LENGTH", "COMMENT_MAX_LENGTH",
+    "ACCESS_DAYS_MAX", "ACCESS_DAYS_MIN", "BIOMARKER_VALUE_MAX_LENGTH", "CHOICE_MAX_LENGTH",
+    "COMMENT_MAX_LENGTH", "LAB_BOUND_ABS_MAX", "PARTNER_LABS_MAX", "PARTNER_VALUES_MAX",
+    "PARTNER_VALUE_MAX_LENGTH", "PRIOR_LINES_MAX",
     "CRITERIA_CODE_MAX_LENGTH", "CRITERIA_LIST_MAX", "DIAGNOSIS_YEAR_MAX", "DIAGNOSIS_YEAR_MIN",
     "ENDPOINT_MAX_LENGTH",
     "FILE_NAME_MAX_LENGTH", "KEY_HEX_LENGTH", "K_MAX", "K_MIN", "NOTE_MAX_LENGTH",
