@@ -565,7 +565,8 @@ def _api_server(database: str, folder: Path, progress) -> Iterator[str]:
            f"{db['PORT'] or 5432}/{database}")
     env = {**os.environ, "DATABASE_URL": url, "MODEL_ARTIFACT_DIR": str(folder),
            "DEBUG": "false", "ALLOWED_HOSTS": "127.0.0.1", "SECURE_SSL_REDIRECT": "false",
-           "PARTNER_EPSILON_BUDGET": "1000000000", "API_RATE_LIMIT_SCALE": "1000000"}
+           "PARTNER_EPSILON_BUDGET": "1000000000", "API_RATE_LIMIT_SCALE": "1000000",
+           "PARTNER_SNAPSHOT_MAX_AGE_SECONDS": "86400"}
     command = [sys.executable, "-m", "gunicorn", "registry.wsgi:application",
                "--bind", f"127.0.0.1:{port}", "--workers", str(API_SERVER_WORKERS),
                "--threads", str(API_SERVER_THREADS), "--log-level", "warning"]
@@ -642,3 +643,141 @@ def _api_load(base: str, token: str, requests: list[tuple[str, str, bytes | None
     if failures:
         raise RuntimeError(f"{len(failures)} requests failed, first: {failures[0]}")
     return latencies, wall
+
+
+# Requests per measured kind: below this a p95 (let alone a p99) is not a percentile.
+API_SAMPLES = 160
+
+# Aggregate tables and feasibility criteria the clients ask, in turn (each a different
+# question: the first ask of each is computed and charged, the rest are the repeats a
+# scheduled script makes).
+_API_AGGREGATES = [
+    {"measure": "incidence", "by": ["regimen", "cycle_number"],
+     "term": "Neutrophil count decreased", "min_grade": 3},
+    {"measure": "incidence", "by": ["regimen"], "term": "Nausea", "min_grade": 2},
+    {"measure": "patients", "by": ["cancer_site", "stage"]},
+    {"measure": "patients", "by": ["region", "sex"]},
+    {"measure": "patients", "by": ["diagnosis_year", "site_tier"]},
+    {"measure": "incidence", "by": ["site_tier"], "term": "Vomiting", "min_grade": 3},
+    {"measure": "patients", "by": ["age_band"], "filters": {"sex": ["F"]}},
+    {"measure": "incidence", "by": ["cancer_site"], "term": "Febrile neutropenia",
+     "min_grade": 3},
+]
+_API_FEASIBILITY = [
+    {"cancer": ["C34"]},
+    {"cancer": ["C34"], "stage_groups": ["III", "IV"]},
+    {"cancer": ["C50"], "min_prior_lines": 1},
+    {"cancer": ["C18", "C20"], "max_prior_lines": 0},
+    {"site_tiers": ["tertiary"]},
+    {"cancer": ["C16"], "stage_groups": ["IV"], "min_prior_lines": 1},
+]
+
+
+def _api_cycles(count: int) -> tuple[str, list[dict]]:
+    """`count` cycles of the seeded cohort as a partner sends them (features only), and the
+    risk model they are for."""
+    import datetime as dt
+
+    from predictions.ml.definitions import DEFINITIONS
+    from predictions.selectors.features import feature_set_for_sites
+
+    name = sorted(DEFINITIONS)[0]
+    X, _y, _groups = feature_set_for_sites(None, as_of=dt.datetime.now(dt.UTC)).matrix(name)
+    rows = []
+    for record in X.head(count).to_dict("records"):
+        cycle = {}
+        for key, value in record.items():
+            if value is None or (isinstance(value, float) and np.isnan(value)):
+                cycle[key] = None
+            elif isinstance(value, float | np.floating) and float(value).is_integer():
+                cycle[key] = int(value)
+            elif isinstance(value, np.generic):
+                cycle[key] = value.item()
+            else:
+                cycle[key] = value
+        rows.append(cycle)
+    if len(rows) < count:
+        rows = (rows * (count // max(1, len(rows)) + 1))[:count]
+    return name, rows
+
+
+def _api_partner_token() -> str:
+    from registry.models import Role
+    from registry.services.api_tokens import api_token_create
+    from registry.services.organisation import user_add
+
+    user, _memberships = user_add(username="bench-partner", role=Role.PARTNER, site_codes=[],
+                                  acting_user=None)
+    return api_token_create(user=user, name="benchmark api",
+                            scopes=["aggregates", "feasibility", "scoring"],
+                            expires_days=None, acting_user=None)[1]
+
+
+@benchmark("api")
+def api_benchmark(*, patients: int, progress=print, samples: int = API_SAMPLES,
+                  keepdb: bool = False) -> list[Figure]:
+    """The partner API through gunicorn with 16 concurrent clients: an aggregate table, a
+    feasibility count, a 1-cycle and a 1,000-cycle score (p50, p95, p99 of at least 100
+    requests each, and throughput), against the same server's floor: an authenticated
+    GET /api/v1/me/ by the same clients."""
+    import json
+
+    if samples < LATENCY_SAMPLES:
+        raise ValueError(f"--samples {samples} is too few: p95 and p99 need at least "
+                         f"{LATENCY_SAMPLES} requests.")
+    with (scratch_database(keep=keepdb) as database,
+          _bench_models(database, keep=keepdb) as folder):
+        _cohort(patients, progress)
+        _champions_ready(progress)
+        with connection.cursor() as cursor:
+            research = [m._meta.db_table for m in apps.get_app_config("research").get_models()]
+            cursor.execute(f"TRUNCATE {', '.join(research)} CASCADE")
+            cursor.execute("DELETE FROM registry_apitoken")
+        token = _api_partner_token()
+        model, cycles = _api_cycles(API_BATCH_CYCLES)
+        v1 = "/api/v1"
+
+        def body(value) -> bytes:
+            return json.dumps(value).encode()
+        kinds = {
+            "floor_me": [("GET", f"{v1}/me/", None)],
+            "aggregate": [("POST", f"{v1}/aggregates/", body(spec))
+                          for spec in _API_AGGREGATES],
+            "feasibility": [("POST", f"{v1}/feasibility/", body(criteria))
+                            for criteria in _API_FEASIBILITY],
+            "score_1": [("POST", f"{v1}/models/{model}/score/",
+                         body({"cycles": [cycle]})) for cycle in cycles[:50]],
+            "score_1000": [("POST", f"{v1}/models/{model}/score/",
+                            body({"cycles": cycles}))],
+        }
+        figures = []
+        with _api_server(database, folder, progress) as base:
+            # Warm-up (not measured): every worker builds its analysis snapshot and loads the
+            # champion; every aggregate and feasibility question is asked once.
+            warm = [r for kind in kinds.values() for r in kind] * API_SERVER_WORKERS
+            started = time.perf_counter()
+            _api_load(base, token, warm * 2, API_CLIENTS)
+            progress(f"warm-up: {time.perf_counter() - started:.1f} s")
+            measured = {}
+            for kind, requests in kinds.items():
+                plan = [requests[i % len(requests)] for i in range(samples)]
+                latencies, wall = _api_load(base, token, plan, API_CLIENTS)
+                measured[kind] = (latencies, wall)
+                progress(f"api:{kind}: {len(latencies)} requests, p50 "
+                         f"{_percentile(latencies, 0.5) * 1000:.1f} ms, p95 "
+                         f"{_percentile(latencies, 0.95) * 1000:.1f} ms")
+        floor, _floor_wall = measured.pop("floor_me")
+        for kind, (latencies, wall) in measured.items():
+            figures.append(Figure(
+                name=f"api:{kind}", ours_s=_percentile(latencies, 0.5),
+                baseline="authenticated_get_me", baseline_s=_percentile(floor, 0.5),
+                rows=len(latencies), peak_rss_mib=peak_rss_mib(),
+                extra={"patients": patients, "clients": API_CLIENTS,
+                       "requests": len(latencies),
+                       "p50_ms": round(_percentile(latencies, 0.5) * 1000, 1),
+                       "p95_ms": round(_percentile(latencies, 0.95) * 1000, 1),
+                       "p99_ms": round(_percentile(latencies, 0.99) * 1000, 1),
+                       "throughput_rps": round(len(latencies) / wall, 1),
+                       "floor_p95_ms": round(_percentile(floor, 0.95) * 1000, 1),
+                       "server": f"gunicorn {API_SERVER_WORKERS}x{API_SERVER_THREADS}"}))
+    return figures
