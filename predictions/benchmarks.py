@@ -718,8 +718,9 @@ def api_benchmark(*, patients: int, progress=print, samples: int = API_SAMPLES,
                   keepdb: bool = False) -> list[Figure]:
     """The partner API through gunicorn with 16 concurrent clients: an aggregate table, a
     feasibility count, a 1-cycle and a 1,000-cycle score (p50, p95, p99 of at least 100
-    requests each, and throughput), against the same server's floor: an authenticated
-    GET /api/v1/me/ by the same clients."""
+    requests each, and throughput), then the same with one client (each request's service
+    time), against the same server's floor: an authenticated GET /api/v1/me/ by the same
+    clients."""
     import json
 
     if samples < LATENCY_SAMPLES:
@@ -759,25 +760,32 @@ def api_benchmark(*, patients: int, progress=print, samples: int = API_SAMPLES,
             _api_load(base, token, warm * 2, API_CLIENTS)
             progress(f"warm-up: {time.perf_counter() - started:.1f} s")
             measured = {}
-            for kind, requests in kinds.items():
-                plan = [requests[i % len(requests)] for i in range(samples)]
-                latencies, wall = _api_load(base, token, plan, API_CLIENTS)
-                measured[kind] = (latencies, wall)
-                progress(f"api:{kind}: {len(latencies)} requests, p50 "
-                         f"{_percentile(latencies, 0.5) * 1000:.1f} ms, p95 "
-                         f"{_percentile(latencies, 0.95) * 1000:.1f} ms")
-        floor, _floor_wall = measured.pop("floor_me")
-        for kind, (latencies, wall) in measured.items():
-            figures.append(Figure(
-                name=f"api:{kind}", ours_s=_percentile(latencies, 0.5),
-                baseline="authenticated_get_me", baseline_s=_percentile(floor, 0.5),
-                rows=len(latencies), peak_rss_mib=peak_rss_mib(),
-                extra={"patients": patients, "clients": API_CLIENTS,
-                       "requests": len(latencies),
-                       "p50_ms": round(_percentile(latencies, 0.5) * 1000, 1),
-                       "p95_ms": round(_percentile(latencies, 0.95) * 1000, 1),
-                       "p99_ms": round(_percentile(latencies, 0.99) * 1000, 1),
-                       "throughput_rps": round(len(latencies) / wall, 1),
-                       "floor_p95_ms": round(_percentile(floor, 0.95) * 1000, 1),
-                       "server": f"gunicorn {API_SERVER_WORKERS}x{API_SERVER_THREADS}"}))
+            # 16 clients (the issue's figure: latency under load, queueing included), then one
+            # client (each request's own service time, nothing queued before it).
+            for clients in (API_CLIENTS, 1):
+                for kind, requests in kinds.items():
+                    plan = [requests[i % len(requests)] for i in range(samples)]
+                    latencies, wall = _api_load(base, token, plan, clients)
+                    measured[kind, clients] = (latencies, wall)
+                    progress(f"api:{kind} x{clients}: {len(latencies)} requests, p50 "
+                             f"{_percentile(latencies, 0.5) * 1000:.1f} ms, p95 "
+                             f"{_percentile(latencies, 0.95) * 1000:.1f} ms")
+        for clients in (API_CLIENTS, 1):
+            floor, _floor_wall = measured[("floor_me", clients)]
+            for kind in kinds:
+                if kind == "floor_me":
+                    continue
+                latencies, wall = measured[kind, clients]
+                figures.append(Figure(
+                    name=f"api:{kind}:{clients}_clients", ours_s=_percentile(latencies, 0.5),
+                    baseline="authenticated_get_me", baseline_s=_percentile(floor, 0.5),
+                    rows=len(latencies), peak_rss_mib=peak_rss_mib(),
+                    extra={"patients": patients, "clients": clients,
+                           "requests": len(latencies),
+                           "p50_ms": round(_percentile(latencies, 0.5) * 1000, 1),
+                           "p95_ms": round(_percentile(latencies, 0.95) * 1000, 1),
+                           "p99_ms": round(_percentile(latencies, 0.99) * 1000, 1),
+                           "throughput_rps": round(len(latencies) / wall, 1),
+                           "floor_p95_ms": round(_percentile(floor, 0.95) * 1000, 1),
+                           "server": f"gunicorn {API_SERVER_WORKERS}x{API_SERVER_THREADS}"}))
     return figures
