@@ -72,6 +72,8 @@ ERROR_KINDS: tuple[ErrorKind, ...] = (
     ErrorKind("throttled", 429, _("Too many requests; retry later.")),
     ErrorKind("server_error", 500, _("The server failed to answer this request. Quote its "
                                      "request id when reporting it.")),
+    ErrorKind("service_unavailable", 503, _("The service cannot answer just now; retry "
+                                            "later.")),
 )
 ERRORS: dict[str, ErrorKind] = {kind.code: kind for kind in ERROR_KINDS}
 ERROR_FOR_STATUS: dict[int, ErrorKind] = {}
