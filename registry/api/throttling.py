@@ -40,6 +40,8 @@ import redis
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.utils.translation import gettext_lazy as _
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 from rest_framework import exceptions
 from rest_framework.throttling import BaseThrottle
 
@@ -135,8 +137,10 @@ return {0, 0, tonumber(oldest[2]) + window - now}
 
 @cache
 def _redis_script(url: str):
+    # One attempt: while Redis is down each token request is refused at once, not retried.
     client = redis.Redis.from_url(url, socket_timeout=REDIS_TIMEOUT_SECONDS,
-                                  socket_connect_timeout=REDIS_TIMEOUT_SECONDS)
+                                  socket_connect_timeout=REDIS_TIMEOUT_SECONDS,
+                                  retry=Retry(NoBackoff(), 0))
     return client.register_script(_SLIDING_WINDOW_LUA)
 
 
