@@ -225,3 +225,8 @@ def test_the_command_writes_nothing_when_the_token_is_refused():
                      "--scopes", "requests")
     assert not Organisation.objects.filter(name="Delta").exists()
     assert not Affiliation.objects.filter(user__username="dee").exists()
+
+
+def test_the_research_home_links_the_page_for_the_admin_only(ada, ivan):
+    assert PAGE in as_(ada).get(reverse("research:home")).content.decode()
+    assert PAGE not in as_(ivan).get(reverse("research:home")).content.decode()
