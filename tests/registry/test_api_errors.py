@@ -315,7 +315,7 @@ def test_lists_are_paginated_with_a_bounded_page_size(client):
 
 
 def test_every_status_has_a_kind():
-    assert set(ERROR_FOR_STATUS) == {400, 401, 403, 404, 405, 406, 409, 413, 415, 429, 500}
+    assert set(ERROR_FOR_STATUS) == {400, 401, 403, 404, 405, 406, 409, 413, 415, 429, 500, 503}
 
 
 def test_a_status_no_kind_names_still_gets_the_body(rf):
