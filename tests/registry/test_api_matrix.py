@@ -227,3 +227,25 @@ def test_every_operation_documents_the_rate_limit_statuses(client):
         assert "Retry-After" in operation["responses"]["429"]["headers"], (path, method)
         assert operation["responses"]["429"]["content"]["application/json"]["schema"] == {
             "$ref": "#/components/schemas/Error"}
+
+
+def test_a_per_method_mapping_refuses_an_unnamed_method_and_lets_an_unoffered_one_be_405(pat):
+    from rest_framework.response import Response
+    from rest_framework.test import APIRequestFactory, force_authenticate
+    from rest_framework.views import APIView
+
+    class Mapped(APIView):
+        permission_classes = [HasScope]
+        required_scope = {"GET": Scope.RELEASES}
+
+        def get(self, request):
+            return Response({})
+
+        def post(self, request):  # offered, but the mapping names no scope for it
+            return Response({})
+
+    factory = APIRequestFactory()
+    for method, expected in [("get", 200), ("head", 200), ("post", 403), ("delete", 405)]:
+        request = getattr(factory, method)("/api/v1/x/")
+        force_authenticate(request, user=pat)
+        assert Mapped.as_view()(request).status_code == expected, method
