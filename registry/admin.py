@@ -608,7 +608,7 @@ class ApiTokenAdmin(RegistryAdminOnly, RefuseNulBytes, admin.ModelAdmin):
     raw_id_fields = ["user"]
     actions = ["revoke"]
     VIEW_FIELDS = ["user", "name", "prefix", "scopes", "created_at", "created_by", "expires_at",
-                   "revoked_at", "revoked_by", "last_used_at"]
+                   "revoked_at", "revoked_by", "revoke_reason", "last_used_at"]
     readonly_fields = VIEW_FIELDS
 
     def has_add_permission(self, request, obj=None):

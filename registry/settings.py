@@ -51,6 +51,7 @@ MIDDLEWARE = [
     # First, so that every response has its request id and every API error its body.
     "registry.api.middleware.RequestIdMiddleware",
     "registry.api.middleware.ApiErrorMiddleware",
+    "registry.api.middleware.RateLimitHeadersMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -312,11 +313,28 @@ REST_FRAMEWORK = {
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
     "DEFAULT_PAGINATION_CLASS": "registry.api.pagination.ApiPagination",
+    # Every endpoint is rate limited (registry/api/throttling.py, API_RATE_LIMITS below).
+    "DEFAULT_THROTTLE_CLASSES": ["registry.api.throttling.ApiRateThrottle"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "registry.api.errors.exception_handler",
     # Messages about the input as a whole: the key registry.errors and Django use.
     "NON_FIELD_ERRORS_KEY": "__all__",
 }
+# Requests per caller (token, else user) and throttle class, in a sliding window
+# (registry/api/throttling.py): an endpoint whose scope names a class counts against it, every
+# other against "default". API_RATE_LIMITS="scoring=1200/min,default=60/min" overrides some.
+API_RATE_LIMITS = {
+    "default": "120/min",
+    "scoring": "600/min",
+    "aggregates": "60/min",
+    "feasibility": "60/min",
+    **{name.strip(): rate.strip() for name, rate in (
+        item.split("=", 1) for item in env_list("API_RATE_LIMITS", []) if "=" in item)},
+}
+# Where the counters live (one place for every web process); none: counted in each process's
+# memory (`make demo`). Token requests are refused with 503 while it cannot be reached.
+API_RATE_LIMIT_REDIS_URL = env_str("API_RATE_LIMIT_REDIS_URL") or env_str("REDIS_URL")
+API_RATE_LIMIT_KEY_PREFIX = "registry:ratelimit:"
 SPECTACULAR_SETTINGS = {
     "TITLE": "Oncology registry API",
     "DESCRIPTION": "The registry's REST API. Authentication, scopes, the error body, request "
@@ -337,6 +355,11 @@ SPECTACULAR_SETTINGS = {
         "TierKey": "predictions.api.serializers.TIER_KEYS",
         "TierAction": "predictions.api.serializers.ACTION_KEYS",
     },
+    # Every operation documents 429 and 503 (the rate limits), added in one place.
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "registry.api.schema.rate_limit_responses_add",
+    ],
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from research.views import pages, releases, requests
+from research.views import pages, partners, releases, requests
 
 app_name = "research"
 
@@ -21,4 +21,12 @@ urlpatterns = [
     path("releases/<int:pk>/", releases.release_detail, name="release_detail"),
     path("releases/<int:pk>/status", releases.release_status, name="release_status"),
     path("releases/<int:pk>/files/<str:name>", releases.release_file, name="release_file"),
+    # Partner organisations and their tokens (registry admin).
+    path("partners/", partners.partners, name="partners"),
+    path("partners/organisations/", partners.organisation_add, name="partner_organisation_add"),
+    path("partners/organisations/<int:pk>/people/", partners.person_add,
+         name="partner_person_add"),
+    path("partners/people/<int:pk>/tokens/", partners.token_add, name="partner_token_add"),
+    path("partners/tokens/<int:pk>/revoke/", partners.token_revoke,
+         name="partner_token_revoke"),
 ]

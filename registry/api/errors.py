@@ -86,6 +86,8 @@ ERROR_KINDS: tuple[ErrorKind, ...] = (
         "The query was refused: it would exceed your privacy budget; see Retry-After.")),
     ErrorKind("server_error", 500, _("The server failed to answer this request. Quote its "
                                      "request id when reporting it.")),
+    ErrorKind("service_unavailable", 503, _("The service cannot answer just now; retry "
+                                            "later.")),
     ErrorKind("model_unavailable", 503, _("The risk model's stored artifact was refused (its "
                                           "checksum differs from the recorded one); it is not "
                                           "served until an administrator acts.")),

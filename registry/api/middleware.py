@@ -110,3 +110,25 @@ class ApiErrorMiddleware:
             response["Content-Length"] = str(len(content))
         if response.has_header("Content-Disposition"):
             del response["Content-Disposition"]
+
+
+# The headers of a request counted by the rate limits (registry.api.throttling).
+RATE_LIMIT_HEADER = "X-RateLimit-Limit"
+RATE_REMAINING_HEADER = "X-RateLimit-Remaining"
+
+
+class RateLimitHeadersMiddleware:
+    """`X-RateLimit-Limit` and `X-RateLimit-Remaining` on every response to a request the rate
+    limits counted (registry.api.throttling leaves its decision on the request), refusals
+    included."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        response = self.get_response(request)
+        decision = getattr(request, "rate_limit", None)
+        if decision is not None:
+            response[RATE_LIMIT_HEADER] = str(decision.limit)
+            response[RATE_REMAINING_HEADER] = str(decision.remaining)
+        return response

@@ -10,7 +10,8 @@ or per method:
 
         required_scope = {"GET": Scope.REQUESTS, "POST": Scope.REQUESTS}
 
-(HEAD follows GET; a method the mapping does not name is refused). A token request needs the
+(HEAD follows GET; a method the mapping does not name is refused, and one the view does not
+offer at all is its 405). A token request needs the
 scope on its token and in its user's roles; a session request needs it in the user's roles.
 Without a login the answer is 401, without the scope 403. A view with HasScope and no
 required_scope is a programming error, refused loudly rather than left open.
@@ -56,6 +57,8 @@ class HasScope(BasePermission):
         if not request.user or not request.user.is_authenticated:
             return False  # DRF answers 401 with the bearer challenge
         if scope is None:
+            if request.method not in view.allowed_methods:
+                return True  # the view answers 405 with Allow, as for every other method
             self.message = _("This endpoint does not accept %(method)s.") % {
                 "method": request.method}
             return False

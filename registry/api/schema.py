@@ -14,6 +14,7 @@ from drf_spectacular.utils import OpenApiResponse, extend_schema_serializer
 from rest_framework import serializers
 
 from registry.api.errors import ERROR_CODES
+from registry.api.middleware import RATE_LIMIT_HEADER, RATE_REMAINING_HEADER
 from registry.api.request_ids import REQUEST_ID_HEADER
 
 # What each status means for a caller of any endpoint (an endpoint may say more).
@@ -32,8 +33,14 @@ STATUS_DESCRIPTIONS: dict[int, str] = {
     429: "Too many requests, or a partner query would exceed the privacy budget; see "
          "Retry-After (throttled, privacy_budget_exhausted).",
     500: "The server failed; quote the request id when reporting it (server_error).",
-    503: "The resource cannot be served now (model_unavailable); retry later.",
+    503: "The rate limits cannot be checked just now, so token requests are refused "
+         "(service_unavailable), or the resource cannot be served now (model_unavailable); "
+         "see Retry-After where given.",
 }
+# What every operation may answer, whatever its own declaration says (rate_limit_responses_add).
+RATE_LIMIT_STATUSES = (429, 503)
+_OPERATION_METHODS = frozenset({"get", "put", "post", "delete", "options", "head", "patch",
+                                "trace"})
 
 
 @extend_schema_serializer(component_name="ErrorDetail")
@@ -85,3 +92,32 @@ class BearerTokenScheme(OpenApiAuthenticationExtension):
             "description": "An API token (docs/api.md): `Authorization: Bearer <token>`.",
         }
 
+
+
+def _header(description: str) -> dict:
+    return {"schema": {"type": "integer", "minimum": 0}, "description": description}
+
+
+def rate_limit_responses_add(result: dict, generator, request, public) -> dict:
+    """drf-spectacular postprocessing hook: every operation documents 429 and 503 of the rate
+    limits (registry/api/throttling.py) with the error body and Retry-After, and its other
+    responses the X-RateLimit headers, so that no endpoint can forget them."""
+    error_ref = {"$ref": "#/components/schemas/Error"}
+    counted = {
+        RATE_LIMIT_HEADER: _header("Requests allowed in the window of this endpoint's class."),
+        RATE_REMAINING_HEADER: _header("Requests left in the window."),
+    }
+    for item in result.get("paths", {}).values():
+        for method, operation in item.items():
+            if method not in _OPERATION_METHODS:
+                continue
+            responses = operation.setdefault("responses", {})
+            for response in responses.values():
+                response.setdefault("headers", {}).update(counted)
+            for status in RATE_LIMIT_STATUSES:
+                responses.setdefault(str(status), {
+                    "description": STATUS_DESCRIPTIONS[status],
+                    "headers": {"Retry-After": _header("Seconds to wait before retrying.")},
+                    "content": {"application/json": {"schema": error_ref}},
+                })
+    return result

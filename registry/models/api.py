@@ -23,6 +23,8 @@ from registry.models.history import history_records
 API_TOKEN_NAME_MAX_LENGTH = 100
 API_TOKEN_EXPIRES_DAYS_MIN = 1
 API_TOKEN_EXPIRES_DAYS_MAX = 730
+# Why a token was revoked (a leaked token, a person who left): shown beside it.
+API_TOKEN_REVOKE_REASON_MAX_LENGTH = 300
 # Hex characters of the prefix that identifies a token (6 random bytes).
 API_TOKEN_PREFIX_LENGTH = 12
 
@@ -60,6 +62,8 @@ class ApiToken(models.Model):
         settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, blank=True,
         related_name="+", verbose_name=_("revoked by"),
     )
+    revoke_reason = models.CharField(_("reason for revoking"),
+                                     max_length=API_TOKEN_REVOKE_REASON_MAX_LENGTH, blank=True)
     # Moved at most once a minute (registry.services.api_tokens.api_token_mark_used).
     last_used_at = models.DateTimeField(_("last used"), null=True, blank=True)
 

@@ -21,6 +21,7 @@ from registry.models.api import (
     API_TOKEN_EXPIRES_DAYS_MAX,
     API_TOKEN_EXPIRES_DAYS_MIN,
     API_TOKEN_NAME_MAX_LENGTH,
+    API_TOKEN_REVOKE_REASON_MAX_LENGTH,
 )
 
 # A token's last use is written at most this often: not one write per request.
@@ -127,20 +128,39 @@ def api_token_create(
     return token, text
 
 
+def revoke_reason_check(reason: str) -> str:
+    """The reason as stored (stripped); ValidationFailed (field `reason`) when too long or
+    holding a NUL character."""
+    reason = reason.strip() if isinstance(reason, str) else ""
+    errors = ErrorCollector()
+    if len(reason) > API_TOKEN_REVOKE_REASON_MAX_LENGTH:
+        errors.add("reason", _("A reason is at most %(n)d characters, not %(length)d.")
+                   % {"n": API_TOKEN_REVOKE_REASON_MAX_LENGTH, "length": len(reason)})
+    elif "\x00" in reason:
+        errors.add("reason", _("A reason may not contain a NUL character."))
+    errors.raise_if_any()
+    return reason
+
+
 @transaction.atomic
-def api_token_revoke(*, token: ApiToken, acting_user: User | None) -> ApiToken:
-    """Revoke the token: it authenticates nothing from now on. Revoking a revoked token
-    changes nothing (the first revocation is kept). The token's owner or a registry admin;
-    `acting_user=None` is an operator at the command line, recorded as the system account."""
+def api_token_revoke(*, token: ApiToken, acting_user: User | None, reason: str = "") -> ApiToken:
+    """Revoke the token: it authenticates nothing from now on; `reason` (optional, at most
+    API_TOKEN_REVOKE_REASON_MAX_LENGTH characters) is kept beside it. Revoking a revoked token
+    changes nothing (the first revocation and its reason are kept). The token's owner or a
+    registry admin; `acting_user=None` is an operator at the command line, recorded as the
+    system account."""
     token = ApiToken.objects.select_for_update(of=("self",)).select_related("user").get(pk=token.pk)
     _require_may_act_for(acting_user, token.user, revoking=True)
+    reason = revoke_reason_check(reason)
     if token.revoked_at is not None:
         return token
     token.revoked_at = timezone.now()
     token.revoked_by = history_user(acting_user)
-    reason = ("API token revoked" if acting_user is not None
+    token.revoke_reason = reason
+    # The reason is in the row and so in its history; the change reason stays short.
+    change = ("API token revoked" if acting_user is not None
               else "API token revoked from the command line")
-    return audited_save(token, acting_user=acting_user, reason=reason)
+    return audited_save(token, acting_user=acting_user, reason=change)
 
 
 def api_token_mark_used(*, token: ApiToken, now: dt.datetime | None = None) -> bool:

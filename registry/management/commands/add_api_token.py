@@ -29,12 +29,13 @@ class Command(BaseCommand):
         parser.add_argument("--name", default=DEFAULT_NAME, help="what the token is for")
         parser.add_argument("--revoke", metavar="PREFIX",
                             help="revoke the token with this prefix instead")
+        parser.add_argument("--reason", default="", help="why it is revoked (with --revoke)")
 
     def handle(self, *args, **opts):
         if opts["revoke"] is not None:
             if opts["username"]:
                 raise CommandError("--revoke takes a token prefix and no username.")
-            return self._revoke(opts["revoke"])
+            return self._revoke(opts["revoke"], opts["reason"])
         if not opts["username"]:
             raise CommandError("Name the user the token is for (or --revoke PREFIX).")
         user = User.objects.filter(username=opts["username"]).first()
@@ -53,13 +54,13 @@ class Command(BaseCommand):
             "its digest is kept.\n")
         self.stdout.write(text)
 
-    def _revoke(self, prefix: str) -> None:
+    def _revoke(self, prefix: str, reason: str) -> None:
         token = api_token_by_prefix(prefix)
         if token is None:
             raise CommandError(f"No API token has the prefix {prefix!r}.")
         was_revoked = token.revoked_at is not None
         try:
-            token = api_token_revoke(token=token, acting_user=None)
+            token = api_token_revoke(token=token, acting_user=None, reason=reason)
         except RegistryError as exc:
             raise CommandError(exc.summary()) from exc
         state = "was already revoked" if was_revoked else "is revoked"
