@@ -115,9 +115,11 @@ def rate_limit_responses_add(result: dict, generator, request, public) -> dict:
             for response in responses.values():
                 response.setdefault("headers", {}).update(counted)
             for status in RATE_LIMIT_STATUSES:
-                responses.setdefault(str(status), {
+                response = responses.setdefault(str(status), {
                     "description": STATUS_DESCRIPTIONS[status],
-                    "headers": {"Retry-After": _header("Seconds to wait before retrying.")},
                     "content": {"application/json": {"schema": error_ref}},
                 })
+                # Also on an endpoint that declares the status itself (a privacy budget's 429).
+                response.setdefault("headers", {})["Retry-After"] = _header(
+                    "Seconds to wait before retrying.")
     return result
