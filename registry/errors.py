@@ -37,11 +37,6 @@ class StaleEdit(RegistryError):
     """Someone else saved the record after this edit began; nothing was written."""
 
 
-class QueryRefused(RegistryError):
-    """A partner query was refused by the overlap audit: its population is too close to one
-    the partner was answered before (the message says neither which patients nor how many)."""
-
-
 class BudgetExhausted(RegistryError):
     """A partner query would spend more privacy budget than the window allows; `retry_after`
     is the seconds until enough of the window's charges expire."""

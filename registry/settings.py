@@ -229,7 +229,7 @@ PARTNER_EPSILON_BUDGET = env_float("PARTNER_EPSILON_BUDGET", 20.0)
 PARTNER_BUDGET_DAYS = env_int("PARTNER_BUDGET_DAYS", 30)
 # The overlap audit: a query whose population differs by 1 to MIN_CELL-1 patients from one the
 # partner was answered in the last PARTNER_AUDIT_DAYS (at most the last PARTNER_AUDIT_QUERIES
-# of them) is refused.
+# of them) is flagged in the query log for the registry admin's review (and answered).
 PARTNER_AUDIT_DAYS = env_int("PARTNER_AUDIT_DAYS", 90)
 PARTNER_AUDIT_QUERIES = env_int("PARTNER_AUDIT_QUERIES", 500)
 if not (PARTNER_EPSILON > 0 and PARTNER_EPSILON_BUDGET > 0 and PARTNER_BUDGET_DAYS >= 1

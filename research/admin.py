@@ -154,9 +154,12 @@ class DownloadAdmin(ResearchRecordAdmin):
 @admin.register(PartnerQuery)
 class PartnerQueryAdmin(ResearchRecordAdmin):
     """The partner query log, for the audit: read-only and never deleted (the budget and the
-    overlap audit read it). The population's bitmap is shown as its size only."""
+    overlap audit read it). The population's bitmap is shown as its size only. Flagged queries
+    (a population 1 to MIN_CELL-1 patients from an earlier answered one) are the registry
+    admin's to review: filter by `overlap_flagged`."""
 
-    list_display = ["created_at", "user", "endpoint", "outcome", "epsilon_charged", "patients"]
-    list_filter = ["outcome", "endpoint"]
-    search_fields = ["user__username", "fingerprint"]
+    list_display = ["created_at", "user", "endpoint", "outcome", "epsilon_charged", "patients",
+                    "overlap_flagged"]
+    list_filter = ["overlap_flagged", "outcome", "endpoint"]
+    search_fields = ["user__username", "fingerprint", "data_digest"]
     exclude = ["population"]  # a bitmap: its size is `patients`

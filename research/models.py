@@ -324,16 +324,19 @@ class PartnerQuery(models.Model):
     """One partner API query, answered or refused: the audit log of what left and why, and the
     memory the differencing defence reads (research.services.partner_queries).
 
-    `fingerprint` names the same question over the same data (a keyed hash of the cells' sets
-    of patients and of the population), so a repeat gets the earlier answer for free;
-    `population` (a serialised roaring bitmap of patient ids) lets the overlap audit compare a
-    new query's population with the partner's earlier ones; `true_result` holds the unrounded
-    counts, for the audit only, never shown to the partner. Rows are never changed or deleted.
+    `fingerprint` names the question (a keyed hash of the endpoint, the validated parameters
+    and the snapshot's time), so the same question asked again gets the earlier answer for
+    free; whether a query is free never depends on the data, or the budget would tell the
+    partner which patients two queries covered. `data_digest` names the data the answer was
+    computed from (a keyed hash of the cells' sets of patients and of the population), for the
+    auditor only. `population` (a serialised roaring bitmap of patient ids) lets the overlap
+    audit compare a new query's population with the partner's earlier ones; it flags
+    (`overlap_flagged`), never refuses. `true_result` holds the unrounded counts, for the audit
+    only, never shown to the partner. Rows are never changed or deleted.
     """
 
     class Outcome(models.TextChoices):
         ANSWERED = "answered", _("Answered")
-        REFUSED_OVERLAP = "refused_overlap", _("Refused: overlaps an earlier query")
         REFUSED_BUDGET = "refused_budget", _("Refused: privacy budget exhausted")
 
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT,
@@ -343,6 +346,8 @@ class PartnerQuery(models.Model):
     endpoint = models.CharField(_("endpoint"), max_length=L.ENDPOINT_MAX_LENGTH)
     params = models.JSONField(_("parameters"), default=dict, encoder=DjangoJSONEncoder)
     fingerprint = models.CharField(_("fingerprint"), max_length=L.KEY_HEX_LENGTH,
+                                   db_index=True)
+    data_digest = models.CharField(_("data digest"), max_length=L.KEY_HEX_LENGTH,
                                    db_index=True)
     population = models.BinaryField(_("population"))
     # The population's size: the audit compares only populations of nearly the same size (two
@@ -354,13 +359,21 @@ class PartnerQuery(models.Model):
     epsilon_charged = models.FloatField(_("epsilon charged"), default=0.0)
     outcome = models.CharField(_("outcome"), max_length=L.CHOICE_MAX_LENGTH,
                                choices=Outcome.choices)
+    # Set when the answered population differs by 1 to MIN_CELL-1 patients from one of the
+    # partner's earlier answered ones: a possible differencing pair, for the registry admin's
+    # review. The answer is released all the same (docs/partner-api.md).
+    overlap_flagged = models.BooleanField(_("overlap flagged"), default=False)
     created_at = models.DateTimeField(_("created"), default=timezone.now, editable=False)
 
     class Meta:
         ordering = ["-created_at", "-id"]
         verbose_name = _("partner query")
         verbose_name_plural = _("partner queries")
-        indexes = [models.Index(fields=["user", "-created_at"], name="partner_query_user_idx")]
+        indexes = [
+            models.Index(fields=["user", "-created_at"], name="partner_query_user_idx"),
+            models.Index(fields=["user", "overlap_flagged", "-created_at"],
+                         name="partner_query_flagged_idx"),
+        ]
         constraints = [
             models.CheckConstraint(condition=Q(epsilon_charged__gte=0),
                                    name="partner_query_epsilon_not_negative"),

@@ -38,7 +38,6 @@ from registry.api.request_ids import request_id_of
 from registry.errors import (
     BudgetExhausted,
     NotPermitted,
-    QueryRefused,
     RegistryError,
     StaleEdit,
     ValidationFailed,
@@ -74,9 +73,6 @@ ERROR_KINDS: tuple[ErrorKind, ...] = (
     ErrorKind("stale_edit", 409, _("Someone else changed this after you read it.")),
     ErrorKind("no_champion", 409, _("This risk model has no champion version yet, so nothing "
                                     "can be scored or described; retry after a training run.")),
-    ErrorKind("query_refused_overlap", 409, _(
-        "The query was refused: its population is too close to that of an earlier query, so "
-        "comparing their answers could reveal individual patients.")),
     ErrorKind("request_too_large", 413, _("The request body is larger than the registry "
                                           "accepts.")),
     ErrorKind("unsupported_media_type", 415, _("The request body's media type is not "
@@ -118,7 +114,6 @@ _DOMAIN_CODES: tuple[tuple[type[RegistryError], str], ...] = (
     (ValidationFailed, "validation_failed"),
     (NotPermitted, "permission_denied"),
     (StaleEdit, "stale_edit"),
-    (QueryRefused, "query_refused_overlap"),
     (BudgetExhausted, "privacy_budget_exhausted"),
 )
 

@@ -26,8 +26,7 @@ STATUS_DESCRIPTIONS: dict[int, str] = {
     404: "Not found, or not visible to the caller (not_found).",
     405: "The method is not allowed here (method_not_allowed).",
     406: "None of the formats the request accepts is offered (not_acceptable).",
-    409: "Someone else changed the record after the caller read it (stale_edit), or a partner "
-         "query was refused by the overlap audit (query_refused_overlap).",
+    409: "Someone else changed the record after the caller read it (stale_edit).",
     413: "The request body is too large (request_too_large).",
     415: "The request body is not JSON (unsupported_media_type).",
     429: "Too many requests, or a partner query would exceed the privacy budget; see "

@@ -66,12 +66,14 @@ class RawAnswer:
     """What a query computed, before disclosure control.
 
     - `population`: sorted unique patient ids the query looked at after its filters (the
-      overlap audit compares it with the partner's earlier queries);
+      overlap audit compares it with the partner's earlier queries, to flag the query);
     - `tables`: name -> DataFrame of cells (grouping columns, count columns and their digest
       columns, see the module's docstring);
     - `rates`: table name -> {rate column: (numerator count column, denominator count column)};
     - `sensitivity`: the most cells of one table one patient can count in (1 when the grouping
-      puts each patient in one cell); the privacy budget is charged epsilon times this;
+      puts each patient in one cell); the privacy budget is charged epsilon times this, and the
+      partner reads the budget, so it must follow from the question (the parameters), never
+      from the data;
     - `snapshot_at`: the time of the analysis snapshot the query read (ISO 8601).
     """
 

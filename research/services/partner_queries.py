@@ -1,16 +1,20 @@
 """The partner API's bookkeeping around disclosure control (docs/partner-api.md, "Disclosure
-control and differencing defence"): repeats, the overlap audit, the privacy budget and the
+control and differencing defence"): repeats, the privacy budget, the overlap audit and the
 query log.
 
 `partner_query_answer` is the one door every aggregate and feasibility answer goes through.
 Under a per-partner lock (so concurrent requests of one partner cannot overspend) it:
-1. computes the raw answer and its fingerprint (the same question over the same data);
-2. answers a repeat with the earlier released result, for nothing;
+1. computes the raw answer and the question's fingerprint (endpoint, validated parameters,
+   snapshot time: nothing of the data);
+2. answers a repeat of an answered question with its logged released result, for nothing;
 3. refuses when the budget window's charges plus this query's would exceed the budget;
-4. refuses when the population differs from one the partner was answered recently by 1 to
-   MIN_CELL-1 patients (the difference of the two answers would be about those few);
-5. otherwise releases the answer under disclosure control (research.partner.control) and
-   charges epsilon times the query's sensitivity.
+4. otherwise releases the answer under disclosure control (research.partner.control),
+   charges epsilon times the query's sensitivity, and flags it in the log when its
+   population differs from one the partner was answered recently by 1 to MIN_CELL-1 patients
+   (the overlap audit: for the registry admin's review, never a refusal).
+What the partner sees (the answer, the refusal, the budget's odometer) therefore depends on
+the data only through the noisy released counts: a refusal or a free repeat that depended on
+which patients a query covered would reveal it (tests/research/test_partner_attacks.py).
 Every query, answered or refused, is logged with its true and released results. A refusal is
 logged and committed before its error is raised, so the caller's error handling cannot roll
 the log back.
@@ -36,7 +40,7 @@ from django.utils import timezone
 from django.utils.translation import gettext as _
 from pyroaring import BitMap64
 
-from registry.errors import BudgetExhausted, QueryRefused
+from registry.errors import BudgetExhausted
 from registry.models import ApiToken
 from research.disclosure import MIN_CELL
 from research.models import PartnerQuery
@@ -50,7 +54,8 @@ from research.partner.control import (
 )
 
 _NOISE_CONTEXT = b"registry partner noise\x00"
-_FINGERPRINT_CONTEXT = b"registry partner fingerprint\x00"
+_FINGERPRINT_CONTEXT = b"registry partner question\x00"
+_DATA_DIGEST_CONTEXT = b"registry partner data\x00"
 # The first key of pg_advisory_xact_lock(int, int): partner queries' own lock space.
 _LOCK_SPACE = 0x5052_4956  # "PRIV"
 # Charges are floats: a budget spent exactly is not exceeded.
@@ -67,11 +72,26 @@ def partner_noise_key() -> bytes:
     return _derived_key(_NOISE_CONTEXT)
 
 
-def query_fingerprint(*, endpoint: str, raw: RawAnswer) -> str:
-    """The same question over the same data: a keyed hash of the endpoint, each table's cells
-    (their dimensions, count columns and sets of patients' digests) and the population's
-    digest. Dimensions are part of it so two different groupings that happen to cover the same
-    sets are not mistaken for one another."""
+def _canonical_json(value: Any) -> str:
+    return json.dumps(value, cls=DjangoJSONEncoder, sort_keys=True, separators=(",", ":"))
+
+
+def query_fingerprint(*, endpoint: str, params: dict, snapshot_at: str) -> str:
+    """The question: a keyed hash of the endpoint, the validated parameters (canonical JSON)
+    and the time of the snapshot read. Nothing of the data is in it, so whether a query is a
+    free repeat never tells the partner anything about the patients it covers; a new snapshot
+    makes every question new."""
+    message = _canonical_json({"endpoint": endpoint, "params": params,
+                               "snapshot_at": snapshot_at})
+    return hmac.new(_derived_key(_FINGERPRINT_CONTEXT), message.encode(),
+                    hashlib.sha256).hexdigest()
+
+
+def query_data_digest(raw: RawAnswer) -> str:
+    """The data an answer was computed from, for the auditor: a keyed hash of each table's
+    cells (their dimensions, count columns and sets of patients' digests) and of the
+    population's digest. Two queries with the same data digest got the same released numbers
+    (the noise is seeded by the sets counted). Never shown to the partner."""
     cells = []
     for name in sorted(raw.tables):
         table = sorted_cells(raw.tables[name])
@@ -80,10 +100,9 @@ def query_fingerprint(*, endpoint: str, raw: RawAnswer) -> str:
             cells.append([name, [[str(d), str(row[d])] for d in dims],
                           [[c, int(row[f"{c}{DIGEST_SUFFIX}"])] for c in counts]])
     cells.sort(key=lambda cell: json.dumps(cell, sort_keys=True))
-    message = json.dumps({"endpoint": endpoint, "cells": cells,
-                          "population": int(set_digest(raw.population))},
+    message = json.dumps({"cells": cells, "population": int(set_digest(raw.population))},
                          sort_keys=True, separators=(",", ":"))
-    return hmac.new(_derived_key(_FINGERPRINT_CONTEXT), message.encode(),
+    return hmac.new(_derived_key(_DATA_DIGEST_CONTEXT), message.encode(),
                     hashlib.sha256).hexdigest()
 
 
@@ -131,7 +150,9 @@ def _retry_after(charges: list[tuple[dt.datetime, float]], charge: float,
 
 def _overlaps(user: User, population: BitMap64, now: dt.datetime) -> bool:
     """Whether the population differs by 1 to MIN_CELL-1 patients from one of the partner's
-    answered populations in the audit window (its last PARTNER_AUDIT_QUERIES)."""
+    answered populations in the audit window (its last PARTNER_AUDIT_QUERIES): the two
+    answers could be a differencing pair. Only the log is told (the query is flagged): a
+    refusal would be a side channel on the data."""
     since = now - dt.timedelta(days=settings.PARTNER_AUDIT_DAYS)
     recent = (PartnerQuery.objects
               .filter(user=user, outcome=PartnerQuery.Outcome.ANSWERED, created_at__gt=since)
@@ -143,12 +164,12 @@ def _overlaps(user: User, population: BitMap64, now: dt.datetime) -> bool:
     rows = (PartnerQuery.objects
             .filter(id__in=Subquery(recent),
                     patients__range=(max(0, size - MIN_CELL + 1), size + MIN_CELL - 1))
-            .values_list("fingerprint", "population"))
+            .values_list("data_digest", "population"))
     seen: set[str] = set()
-    for fingerprint, blob in rows:
-        if fingerprint in seen:
-            continue  # a repeat: the same population
-        seen.add(fingerprint)
+    for data_digest, blob in rows:
+        if data_digest in seen:
+            continue  # the same data, so the same population
+        seen.add(data_digest)
         earlier = BitMap64.deserialize(bytes(blob))
         if 0 < population.symmetric_difference_cardinality(earlier) < MIN_CELL:
             return True
@@ -159,19 +180,24 @@ def partner_query_answer(*, user: User, token: ApiToken | None, endpoint: str,
                          params: dict, compute: Callable[[], RawAnswer]) -> dict:
     """The released answer of a partner query (research.partner.control's JSON), logged.
 
-    Raises QueryRefused (409, query_refused_overlap) when the overlap audit refuses it and
-    BudgetExhausted (429, privacy_budget_exhausted, with `retry_after`) when the budget does;
-    both are logged first, in this function's own transaction, so call it outside any
-    transaction the error would roll back (an API view is: the project does not use
-    ATOMIC_REQUESTS). A repeat of an answered query returns the same answer and costs
-    nothing. `compute` runs before the partner's lock is taken: only the bookkeeping is
-    serialised."""
+    `params` are the validated parameters: with the endpoint and the snapshot's time they are
+    the question. The same question asked again returns the logged answer and costs nothing;
+    any other question is charged epsilon times its sensitivity, whatever its data (a
+    rephrased question over the same patients gets the same numbers, the noise being seeded by
+    the sets counted, and pays). Raises BudgetExhausted (429, privacy_budget_exhausted, with
+    `retry_after`) when the budget refuses it; it is logged first, in this function's own
+    transaction, so call it outside any transaction the error would roll back (an API view
+    is: the project does not use ATOMIC_REQUESTS). An answered query whose population is 1 to
+    MIN_CELL-1 patients from an earlier answered one is flagged in the log, and answered.
+    `compute` runs before the partner's lock is taken: only the bookkeeping is serialised."""
     with transaction.atomic():
         raw = compute()
-        fingerprint = query_fingerprint(endpoint=endpoint, raw=raw)
+        fingerprint = query_fingerprint(endpoint=endpoint, params=params,
+                                        snapshot_at=raw.snapshot_at)
         population = _population_bitmap(raw.population)
         log = PartnerQuery(user=user, token=token, endpoint=endpoint,
                            params=_without_nul(params), fingerprint=fingerprint,
+                           data_digest=query_data_digest(raw),
                            population=population.serialize(), patients=len(population),
                            true_result=_without_nul(true_tables(raw)))
         _lock_partner(user)
@@ -183,6 +209,7 @@ def partner_query_answer(*, user: User, token: ApiToken | None, endpoint: str,
                    .order_by("created_at", "id").values_list("released_result", flat=True)
                    .first())
         if earlier is not None:
+            # Nothing new leaves, so there is nothing to audit.
             log.outcome, log.released_result = PartnerQuery.Outcome.ANSWERED, earlier
             log.save()
             return earlier
@@ -198,14 +225,9 @@ def partner_query_answer(*, user: User, token: ApiToken | None, endpoint: str,
                     "limit": settings.PARTNER_EPSILON_BUDGET,
                     "days": settings.PARTNER_BUDGET_DAYS},
                 retry_after=_retry_after(charges, charge, now))
-        elif _overlaps(user, population, now):
-            log.outcome = PartnerQuery.Outcome.REFUSED_OVERLAP
-            refusal = QueryRefused(_(
-                "This query was refused: its population is too close to that of one of your "
-                "earlier queries, so comparing the two answers could reveal individual "
-                "patients. Widen or change the criteria."))
         else:
             log.outcome = PartnerQuery.Outcome.ANSWERED
+            log.overlap_flagged = _overlaps(user, population, now)
             log.epsilon_charged = charge
             log.released_result = _without_nul(release_tables(
                 raw, epsilon=float(settings.PARTNER_EPSILON), key=partner_noise_key()))

@@ -1,8 +1,11 @@
-"""The partner queries' bookkeeping (research.services.partner_queries): repeats, the overlap
-audit, the privacy budget, the query log, and concurrency of one partner's requests."""
+"""The partner queries' bookkeeping (research.services.partner_queries): repeats (decided by
+the question), the overlap audit (a flag in the log, never a refusal), the privacy budget (an
+odometer that does not depend on the data), the query log, and concurrency of one partner's
+requests."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import threading
 
@@ -14,11 +17,13 @@ from django.test import Client, RequestFactory
 from django.utils import timezone
 from pyroaring import BitMap64
 
-from registry.api.errors import exception_handler
-from registry.errors import BudgetExhausted, QueryRefused
+from registry.api.errors import ERRORS, exception_handler
+from registry.errors import BudgetExhausted
+from registry.models import Role
 from registry.services.api_tokens import api_token_create
 from research.models import PartnerQuery
 from research.services.partner_queries import partner_budget, partner_query_answer
+from tests.conftest import _person
 from tests.research.partner_answers import answer_over
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db]
@@ -38,8 +43,11 @@ def privacy(settings):
 
 
 def ask(user, raw, *, endpoint="aggregates", params=None, token=None) -> dict:
-    return partner_query_answer(user=user, token=token, endpoint=endpoint,
-                                params={"by": "cohort"} if params is None else params,
+    """Ask for `raw`. By default the question names its population (as a partner's criteria
+    would), so different populations are different questions."""
+    if params is None:
+        params = {"by": "cohort", "patients": raw.population.tolist()}
+    return partner_query_answer(user=user, token=token, endpoint=endpoint, params=params,
                                 compute=lambda: raw)
 
 
@@ -48,41 +56,83 @@ def logged(user) -> list[tuple[str, float]]:
                 .values_list("outcome", "epsilon_charged"))
 
 
+def flags(user) -> list[bool]:
+    return list(PartnerQuery.objects.filter(user=user).order_by("created_at", "id")
+                .values_list("overlap_flagged", flat=True))
+
+
 # -- repeats --------------------------------------------------------------------------------------
 
 def test_a_repeat_is_free_and_identical(pat, ada):
     cohort = range(1000, 1200)
-    first = ask(pat, answer_over(cohort, attribute=range(1000, 1080)))
+    question = {"by": "cohort", "site": "A"}
+    first = ask(pat, answer_over(cohort, attribute=range(1000, 1080)), params=question)
     again = ask(pat, answer_over(cohort, attribute=range(1000, 1080)),
-                params={"by": "cohort", "asked": "again"})
+                params={"site": "A", "by": "cohort"})  # the same question, keys reordered
     assert again == first
     assert logged(pat) == [(Outcome.ANSWERED, 0.5), (Outcome.ANSWERED, 0.0)]
     assert partner_budget(pat)["spent"] == 0.5
     # Another partner asking the same gets the same numbers (noise seeded by membership),
     # and pays for its own first asking.
-    assert ask(ada, answer_over(cohort, attribute=range(1000, 1080))) == first
+    assert ask(ada, answer_over(cohort, attribute=range(1000, 1080)), params=question) == first
     assert logged(ada) == [(Outcome.ANSWERED, 0.5)]
-    row = PartnerQuery.objects.filter(user=pat).earliest("created_at")
+    rows = list(PartnerQuery.objects.filter(user=pat).order_by("created_at", "id"))
+    assert rows[0].fingerprint == rows[1].fingerprint
+    assert rows[0].data_digest == rows[1].data_digest
+    assert not any(row.overlap_flagged for row in rows)
+    row = rows[0]
     assert row.true_result["tables"]["cohort"][0]["patients"] == 200
     assert row.true_result["tables"]["cohort"][0]["with_attribute"] == 80
     assert BitMap64.deserialize(bytes(row.population)) == BitMap64(range(1000, 1200))
-    assert row.params == {"by": "cohort"}
+    assert row.params == {"by": "cohort", "site": "A"}
     shown = row.released_result["tables"]["cohort"]["cells"][0]
     assert shown["patients"] % 5 == 0 and abs(shown["patients"] - 200) < 40
 
 
-def test_the_same_population_grouped_otherwise_is_a_new_question(pat):
-    ask(pat, answer_over(range(200), group="all"))
-    ask(pat, answer_over(range(200), group="everyone"))
+def test_a_rephrased_question_over_the_same_patients_pays_and_gets_the_same_numbers(pat):
+    raw = answer_over(range(1000, 1200), attribute=range(1000, 1080))
+    first = ask(pat, raw, params={"by": "cohort", "site": "A"})
+    again = ask(pat, raw, params={"by": "cohort", "diagnosed_after": "2000-01-01"})
+    assert again == first  # the same sets of patients: the same noise
     assert logged(pat) == [(Outcome.ANSWERED, 0.5), (Outcome.ANSWERED, 0.5)]
+    one, two = PartnerQuery.objects.filter(user=pat).order_by("created_at", "id")
+    assert one.fingerprint != two.fingerprint and one.data_digest == two.data_digest
+    assert partner_budget(pat)["spent"] == 1.0
+
+
+def test_the_same_question_on_a_new_snapshot_is_a_new_question(pat):
+    raw = answer_over(range(1000, 1200))
+    ask(pat, raw, params={"by": "cohort"})
+    newer = dataclasses.replace(raw, snapshot_at="2026-12-01T00:00:00+00:00")
+    ask(pat, newer, params={"by": "cohort"})
+    assert logged(pat) == [(Outcome.ANSWERED, 0.5), (Outcome.ANSWERED, 0.5)]
+
+
+def test_the_same_question_to_another_endpoint_is_a_new_question(pat):
+    raw = answer_over(range(1000, 1200))
+    ask(pat, raw, params={"by": "cohort"}, endpoint="aggregates")
+    ask(pat, raw, params={"by": "cohort"}, endpoint="feasibility")
+    assert logged(pat) == [(Outcome.ANSWERED, 0.5), (Outcome.ANSWERED, 0.5)]
+
+
+def test_the_same_population_grouped_otherwise_is_a_new_question(pat):
+    ask(pat, answer_over(range(200), group="all"), params={"group": "all"})
+    ask(pat, answer_over(range(200), group="everyone"), params={"group": "everyone"})
+    assert logged(pat) == [(Outcome.ANSWERED, 0.5), (Outcome.ANSWERED, 0.5)]
+    one, two = PartnerQuery.objects.filter(user=pat).order_by("created_at", "id")
+    assert one.data_digest != two.data_digest  # the dimensions are part of the data digest
 
 
 def test_params_with_nul_characters_are_logged_without_them(pat):
     ask(pat, answer_over(range(100)), params={"name": "a\x00b"})
-    assert PartnerQuery.objects.get(user=pat).params == {"name": "a\ufffdb"}
+    ask(pat, answer_over(range(100)), params={"name": "a\ufffdb"})
+    assert list(PartnerQuery.objects.filter(user=pat).values_list("params", flat=True)) == [
+        {"name": "a\ufffdb"}] * 2
+    # Two different questions, though logged alike.
+    assert logged(pat) == [(Outcome.ANSWERED, 0.5), (Outcome.ANSWERED, 0.5)]
 
 
-# -- the overlap audit ----------------------------------------------------------------------------
+# -- the odometer does not depend on the data -----------------------------------------------------
 
 BASE = range(5000, 5300)
 
@@ -93,58 +143,90 @@ def differing_by(count: int) -> set[int]:
     return set(BASE[removed:]) | set(range(9000, 9000 + count - removed))
 
 
+def test_the_budget_moves_alike_whether_or_not_two_populations_coincide(pat, ada, privacy):
+    """Two differently phrased questions: what the partner reads of its budget after each is
+    the same whether their populations coincide, differ by one patient or by many."""
+    privacy.PARTNER_EPSILON_BUDGET = 1.0
+    partners = {0: pat, 1: ada, 60: _person("quinn", Role.PARTNER)}
+    seen: dict[int, list[dict]] = {}
+    with time_machine.travel(timezone.now(), tick=False):
+        for difference, user in partners.items():
+            readings = [partner_budget(user)]
+            ask(user, answer_over(BASE), params={"criteria": "first"})
+            readings.append(partner_budget(user))
+            ask(user, answer_over(differing_by(difference)), params={"criteria": "second"})
+            readings.append(partner_budget(user))
+            ask(user, answer_over(BASE), params={"criteria": "first"})  # a repeat: free
+            readings.append(partner_budget(user))
+            with pytest.raises(BudgetExhausted) as refused:
+                ask(user, answer_over(differing_by(difference)), params={"criteria": "third"})
+            readings.append(refused.value.retry_after)
+            seen[difference] = readings
+            assert [o for o, _ in logged(user)] == [Outcome.ANSWERED] * 3 + [
+                Outcome.REFUSED_BUDGET]
+    assert [r["spent"] for r in seen[0][:4]] == [0.0, 0.5, 1.0, 1.0]
+    assert seen[0] == seen[1] == seen[60]
+
+
+# -- the overlap audit: a flag, never a refusal ---------------------------------------------------
+
 @pytest.mark.parametrize("difference", [1, 2, 5, 10])
-def test_a_population_a_few_patients_away_is_refused(pat, difference):
+def test_a_population_a_few_patients_away_is_flagged_and_answered(pat, difference):
     first = ask(pat, answer_over(BASE))
-    with pytest.raises(QueryRefused) as refused:
-        ask(pat, answer_over(differing_by(difference)))
-    # The message says neither which patients nor how many.
-    assert not any(ch.isdigit() for ch in str(refused.value))
-    assert logged(pat) == [(Outcome.ANSWERED, 0.5), (Outcome.REFUSED_OVERLAP, 0.0)]
-    row = PartnerQuery.objects.get(user=pat, outcome=Outcome.REFUSED_OVERLAP)
-    assert row.released_result is None
+    second = ask(pat, answer_over(differing_by(difference)))
+    assert second["tables"]["cohort"]["cells"][0]["patients"] is not None
+    assert logged(pat) == [(Outcome.ANSWERED, 0.5), (Outcome.ANSWERED, 0.5)]
+    assert flags(pat) == [False, True]
+    row = PartnerQuery.objects.get(user=pat, overlap_flagged=True)
+    assert row.released_result == second
     assert row.true_result["tables"]["cohort"][0]["patients"] == len(differing_by(difference))
-    assert partner_budget(pat)["spent"] == 0.5
-    # The first query is still answered the same.
+    assert partner_budget(pat)["spent"] == 1.0
+    # The first query is still answered the same, for nothing.
     assert ask(pat, answer_over(BASE)) == first
+    assert flags(pat) == [False, True, False]
 
 
 @pytest.mark.parametrize("population", [
     set(BASE) | {9000}, set(BASE) | set(range(9000, 9010)), set(BASE) - {5000},
     set(BASE) - set(range(5000, 5010))], ids=["one more", "ten more", "one less", "ten less"])
-def test_a_population_a_few_patients_larger_or_smaller_is_refused(pat, population):
+def test_a_population_a_few_patients_larger_or_smaller_is_flagged(pat, population):
     ask(pat, answer_over(BASE))
-    with pytest.raises(QueryRefused):
-        ask(pat, answer_over(population))
-    assert logged(pat) == [(Outcome.ANSWERED, 0.5), (Outcome.REFUSED_OVERLAP, 0.0)]
-
-
-def test_the_same_population_is_a_repeat_not_a_refusal(pat):
-    first = ask(pat, answer_over(differing_by(0)))
-    assert ask(pat, answer_over(BASE)) == first
-    assert logged(pat) == [(Outcome.ANSWERED, 0.5), (Outcome.ANSWERED, 0.0)]
-
-
-@pytest.mark.parametrize("difference", [11, 12, 60])
-def test_a_population_enough_patients_away_is_answered(pat, difference):
-    ask(pat, answer_over(BASE))
-    ask(pat, answer_over(differing_by(difference)))
+    assert ask(pat, answer_over(population))["tables"]["cohort"]["cells"]
     assert logged(pat) == [(Outcome.ANSWERED, 0.5), (Outcome.ANSWERED, 0.5)]
+    assert flags(pat) == [False, True]
+
+
+@pytest.mark.parametrize("difference", [0, 11, 12, 60])
+def test_the_same_population_or_one_enough_patients_away_is_not_flagged(pat, difference):
+    first = ask(pat, answer_over(BASE), params={"criteria": "first"})
+    second = ask(pat, answer_over(differing_by(difference)), params={"criteria": "second"})
+    assert logged(pat) == [(Outcome.ANSWERED, 0.5), (Outcome.ANSWERED, 0.5)]
+    assert flags(pat) == [False, False]
+    assert (second == first) == (difference == 0)
 
 
 def test_the_audit_reads_the_partners_own_answered_queries_in_its_window(pat, ada, privacy):
     with time_machine.travel(timezone.now(), tick=False) as traveller:
         ask(ada, answer_over(BASE))
         ask(pat, answer_over(differing_by(3)))  # another partner's population does not count
-        with pytest.raises(QueryRefused):
-            ask(pat, answer_over(BASE))
-        # 6 patients from the answered population (and 9 from the refused one): refused.
-        with pytest.raises(QueryRefused):
-            ask(pat, answer_over(differing_by(9)))
+        ask(pat, answer_over(BASE))  # 3 patients from the partner's own: flagged
+        ask(pat, answer_over(differing_by(20)))  # 17 from one, 20 from the other: not
         traveller.shift(dt.timedelta(days=privacy.PARTNER_AUDIT_DAYS, seconds=1))
+        ask(pat, answer_over(differing_by(5)))  # 2 from one answered out of the window
+    assert flags(pat) == [False, True, False, False]
+    assert flags(ada) == [False]
+
+
+def test_a_query_refused_by_the_budget_is_not_compared(pat, privacy):
+    privacy.PARTNER_EPSILON_BUDGET = 0.5
+    ask(pat, answer_over(range(20000, 20100)))
+    with pytest.raises(BudgetExhausted):
         ask(pat, answer_over(BASE))
-    assert [o for o, _ in logged(pat)] == [Outcome.ANSWERED, Outcome.REFUSED_OVERLAP,
-                                          Outcome.REFUSED_OVERLAP, Outcome.ANSWERED]
+    privacy.PARTNER_EPSILON_BUDGET = 1.0
+    ask(pat, answer_over(differing_by(2)))  # 2 from the refused one, never answered
+    assert [o for o, _ in logged(pat)] == [Outcome.ANSWERED, Outcome.REFUSED_BUDGET,
+                                          Outcome.ANSWERED]
+    assert flags(pat) == [False, False, False]
 
 
 def test_the_audit_reads_at_most_the_last_queries(pat, privacy):
@@ -154,6 +236,7 @@ def test_the_audit_reads_at_most_the_last_queries(pat, privacy):
     ask(pat, answer_over(range(30000, 30100)))
     ask(pat, answer_over(differing_by(4)))  # BASE is no longer among the last two
     assert [o for o, _ in logged(pat)] == [Outcome.ANSWERED] * 4
+    assert flags(pat) == [False] * 4
 
 
 # -- the budget -----------------------------------------------------------------------------------
@@ -243,9 +326,8 @@ def test_refusals_become_the_error_body_with_retry_after(rf: RequestFactory):
                                  {"request": request})
     assert response.status_code == 429 and response["Retry-After"] == "3600"
     assert response.data["error"]["code"] == "privacy_budget_exhausted"
-    response = exception_handler(QueryRefused("Too close."), {"request": request})
-    assert response.status_code == 409 and not response.has_header("Retry-After")
-    assert response.data["error"]["code"] == "query_refused_overlap"
+    # The overlap audit refuses nothing: it has no error of its own.
+    assert "query_refused_overlap" not in ERRORS
 
 
 def bearer(user, scopes) -> dict:
@@ -290,3 +372,17 @@ def test_the_query_log_is_read_only_in_the_admin(pat, ada, rf):
     partner_request = rf.get("/admin/")
     partner_request.user = pat
     assert not model_admin.has_view_permission(partner_request, row)
+
+
+def test_the_registry_admin_lists_the_flagged_queries(client, pat, ada):
+    ask(pat, answer_over(BASE))
+    ask(pat, answer_over(differing_by(1)))
+    flagged = PartnerQuery.objects.get(overlap_flagged=True)
+    plain = PartnerQuery.objects.get(overlap_flagged=False)
+    client.force_login(ada)
+    url = "/admin/research/partnerquery/"
+    page = client.get(url, {"overlap_flagged__exact": "1"})
+    assert page.status_code == 200
+    assert list(page.context["cl"].result_list) == [flagged]
+    page = client.get(url, {"overlap_flagged__exact": "0"})
+    assert list(page.context["cl"].result_list) == [plain]
