@@ -19,8 +19,8 @@ from registry.api.request_ids import REQUEST_ID_HEADER
 
 # What each status means for a caller of any endpoint (an endpoint may say more).
 STATUS_DESCRIPTIONS: dict[int, str] = {
-    400: "The request is malformed (malformed_request) or its input invalid (validation_failed,"
-         " with the messages by field).",
+    400: "The request is malformed (malformed_request), its input invalid (validation_failed,"
+         " with the messages by field), or it holds a NUL character anywhere (bad_request).",
     401: "No valid API token (not_authenticated, authentication_failed).",
     403: "The token or the user's roles do not allow this (permission_denied).",
     404: "Not found, or not visible to the caller (not_found).",
@@ -38,6 +38,9 @@ STATUS_DESCRIPTIONS: dict[int, str] = {
 }
 # What every operation may answer, whatever its own declaration says (rate_limit_responses_add).
 RATE_LIMIT_STATUSES = (429, 503)
+# Refused before any endpoint reads the request: a NUL character anywhere in it
+# (registry.middleware.RefuseNulMiddleware), whatever the endpoint takes.
+ANY_REQUEST_STATUSES = (400,)
 _OPERATION_METHODS = frozenset({"get", "put", "post", "delete", "options", "head", "patch",
                                 "trace"})
 
@@ -113,6 +116,11 @@ def rate_limit_responses_add(result: dict, generator, request, public) -> dict:
             responses = operation.setdefault("responses", {})
             for response in responses.values():
                 response.setdefault("headers", {}).update(counted)
+            for status in ANY_REQUEST_STATUSES:
+                responses.setdefault(str(status), {
+                    "description": STATUS_DESCRIPTIONS[status],
+                    "content": {"application/json": {"schema": error_ref}},
+                })
             for status in RATE_LIMIT_STATUSES:
                 response = responses.setdefault(str(status), {
                     "description": STATUS_DESCRIPTIONS[status],

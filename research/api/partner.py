@@ -51,9 +51,9 @@ from research.partner.feasibility import feasibility_raw
 from research.partner.snapshot import partner_snapshot
 from research.services.partner_queries import partner_query_answer
 
-# The statuses a partner query can answer with besides 200 (409: refused by the query audit or
-# the budget; 413: a body over the size limit; 429: the rate limit).
-QUERY_ERRORS = (400, 401, 403, 409, 413, 415, 429)
+# The statuses a partner query can answer with besides 200 (413: a body over the size limit;
+# 429: the privacy budget or the rate limit).
+QUERY_ERRORS = (400, 401, 403, 413, 415, 429)
 GRADES = (1, 5)
 _LOINC = re.compile(r"[0-9]{1,7}-[0-9]")
 _BIOMARKER_VALUE = re.compile(rf"[0-9A-Z+\-%.<>=]{{1,{L.BIOMARKER_VALUE_MAX_LENGTH}}}")
