@@ -32,6 +32,7 @@ INTENDED_USE = {
               "than 10%: none; 10-90%: one or two agents; above 90%: three). It supports, and "
               "does not replace, clinical judgement; research and partners may use it to "
               "describe or plan cohorts."),
+    # xgettext:no-python-format
     "neutropenia": _("Before a chemotherapy cycle of an adult with a solid cancer, estimate the "
                      "risk of neutrophil count decreased of CTCAE grade 3 or higher, or febrile "
                      "neutropenia, during the cycle, so that the treating team can weigh "

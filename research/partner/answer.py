@@ -7,7 +7,7 @@ tables of cells. A table is a DataFrame with one row per cell: the grouping colu
 each count column `name` the true count (`name`, int64, distinct patients) and the digest of
 the set of patients it counts (`name + DIGEST_SUFFIX`, uint64, `set_digests`). Disclosure
 control (research.partner.control) turns it into what leaves: the noise of a count is seeded by
-its digest alone, so the same set of patients gets the same released count however and
+the question and its digest, so the same question gets the same released counts however and
 whenever it is asked, and repeats cannot be averaged.
 """
 

@@ -2,11 +2,13 @@
 registry (docs/partner-api.md, "Disclosure control and differencing defence").
 
 Every count gets two-sided geometric noise (the discrete Laplace mechanism, from diffprivlib)
-whose random state is seeded by the HMAC of the digest of the set of patients it counts, and
-nothing else: the same set always gets the same noisy count, whichever query asks for it and
-however often, so repeats cannot be averaged. The noisy count is then rounded to ROUND_TO and
-hidden when the true count or the rounded count is under MIN_CELL. Rates are built from the
-released counts, totals from the released cells. No true count and no digest is in the output.
+whose random state is seeded by the HMAC, under the question's key, of the digest of the set
+of patients it counts: the caller (research.services.partner_queries) derives the key from the
+question, so a repeated question gets the same numbers (repeats cannot be averaged) and any
+other question fresh noise (two answers cannot be compared for identity), each charged. The
+noisy count is then rounded to ROUND_TO and hidden when the true count or the rounded count is
+under MIN_CELL. Rates are built from the released counts, totals from the released cells. No
+true count and no digest is in the output.
 
 Pure: numpy, pandas and diffprivlib; no database, no settings (the caller passes the key).
 """
@@ -29,7 +31,8 @@ import pandas as pd
 from research.disclosure import MIN_CELL, ROUND_TO
 from research.partner.answer import DIGEST_SUFFIX, RawAnswer
 
-METHOD = "two-sided geometric noise seeded by the set of patients counted, rounding, suppression"
+METHOD = ("two-sided geometric noise seeded by the question and the set of patients counted, "
+          "rounding, suppression")
 HIDDEN_TEXT = f"< {MIN_CELL}"
 TEXT_SUFFIX = "_text"
 RATE_DIGITS = 4
@@ -57,8 +60,8 @@ def _diffprivlib_mechanisms() -> ModuleType:
 
 
 def _random_state(key: bytes, digest: int) -> np.random.RandomState:
-    """The random state of a count, seeded by HMAC-SHA256 under `key` of its set's digest
-    alone (all 256 bits). A RandomState over PCG64, not over its default Mersenne Twister,
+    """The random state of a count, seeded by HMAC-SHA256 under `key` (the question's) of its
+    set's digest (all 256 bits). A RandomState over PCG64, not over its default Mersenne Twister,
     whose seeding costs about 20 times more and would dominate a table of many cells."""
     mac = hmac.new(key, int(digest).to_bytes(8, "little"), hashlib.sha256).digest()
     return np.random.RandomState(np.random.PCG64(int.from_bytes(mac, "little")))
@@ -67,9 +70,9 @@ def _random_state(key: bytes, digest: int) -> np.random.RandomState:
 def noisy_counts(counts: np.ndarray, digests: np.ndarray, *, epsilon: float,
                  key: bytes) -> np.ndarray:
     """Each count plus two-sided geometric noise of parameter `epsilon` (sensitivity 1), its
-    random state seeded by HMAC-SHA256(key, its digest): a function of the set counted, so the
-    same set gets the same noisy count in every query. Each value is epsilon-DP with respect
-    to adding or removing one patient of its set."""
+    random state seeded by HMAC-SHA256(key, its digest): under one key (one question) the
+    same set gets the same noisy count, under another key independent noise. Each value is
+    epsilon-DP with respect to adding or removing one patient of its set."""
     if not (isinstance(epsilon, int | float) and math.isfinite(epsilon) and epsilon > 0):
         raise ValueError("epsilon must be a positive finite number.")
     counts = np.asarray(counts, dtype=np.int64)

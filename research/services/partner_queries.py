@@ -67,9 +67,17 @@ def _derived_key(context: bytes) -> bytes:
 
 
 def partner_noise_key() -> bytes:
-    """The key that seeds each count's noise (from REGISTRY_PEPPER: a partner cannot compute
-    a seed, and the same set of patients gets the same noise across restarts)."""
+    """The key every question's noise key is derived from (from REGISTRY_PEPPER: a partner
+    cannot compute a seed, and the same question gets the same noise across restarts)."""
     return _derived_key(_NOISE_CONTEXT)
+
+
+def question_noise_key(fingerprint: str) -> bytes:
+    """The key of one question's noise (its fingerprint under partner_noise_key). Seeding by
+    the set of patients alone would give two differently phrased questions over the same
+    patients identical answers, and "identical or not" would tell whether a target is in a
+    set (tests/research/test_partner_attacks.py, identical answers)."""
+    return hmac.new(partner_noise_key(), fingerprint.encode(), hashlib.sha256).digest()
 
 
 def _canonical_json(value: Any) -> str:
@@ -230,7 +238,7 @@ def partner_query_answer(*, user: User, token: ApiToken | None, endpoint: str,
             log.overlap_flagged = _overlaps(user, population, now)
             log.epsilon_charged = charge
             log.released_result = _without_nul(release_tables(
-                raw, epsilon=float(settings.PARTNER_EPSILON), key=partner_noise_key()))
+                raw, epsilon=float(settings.PARTNER_EPSILON), key=question_noise_key(fingerprint)))
         log.save()
     if refusal is not None:
         raise refusal
