@@ -48,7 +48,7 @@ from research.partner.dimensions import (
     dimensions_listed,
 )
 from research.partner.feasibility import feasibility_raw
-from research.partner.snapshot import partner_snapshot
+from research.partner.snapshot import Snapshot, partner_snapshot
 from research.services.partner_queries import partner_query_answer
 
 # The statuses a partner query can answer with besides 200 (413: a body over the size limit;
@@ -60,9 +60,14 @@ _BIOMARKER_VALUE = re.compile(rf"[0-9A-Z+\-%.<>=]{{1,{L.BIOMARKER_VALUE_MAX_LENG
 
 
 def _answer(request: Request, *, endpoint: str, params: dict,
-            compute: Callable[[], RawAnswer]) -> dict:
+            compute: Callable[[Snapshot], RawAnswer]) -> dict:
+    """The released answer of the question over the current analysis snapshot (one snapshot
+    for the question's fingerprint and its computation: a repeat is answered from the log
+    before anything is computed)."""
+    snapshot = partner_snapshot()
     return partner_query_answer(user=request.user, token=request.auth, endpoint=endpoint,
-                                params=params, compute=compute)
+                                params=params, compute=lambda: compute(snapshot),
+                                snapshot_at=snapshot.snapshot_at.isoformat())
 
 
 @extend_schema_field({"oneOf": [{"type": "string"}, {"type": "integer"}]})
@@ -243,7 +248,7 @@ class AggregatesApi(APIView):
         data.is_valid(raise_exception=True)
         spec = data.validated_data
         return Response(_answer(request, endpoint="aggregates", params=spec,
-                                compute=lambda: aggregate_raw(partner_snapshot(), spec)))
+                                compute=lambda snapshot: aggregate_raw(snapshot, spec)))
 
 
 class AggregateDimensionsApi(APIView):
@@ -378,6 +383,6 @@ class FeasibilityApi(APIView):
         data.is_valid(raise_exception=True)
         criteria = data.validated_data
         return Response(_answer(request, endpoint="feasibility", params=criteria,
-                                compute=lambda: feasibility_raw(partner_snapshot(), criteria)))
+                                compute=lambda snapshot: feasibility_raw(snapshot, criteria)))
 
 

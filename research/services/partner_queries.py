@@ -163,7 +163,9 @@ def _overlaps(user: User, population: BitMap64, now: dt.datetime) -> bool:
     refusal would be a side channel on the data."""
     since = now - dt.timedelta(days=settings.PARTNER_AUDIT_DAYS)
     recent = (PartnerQuery.objects
-              .filter(user=user, outcome=PartnerQuery.Outcome.ANSWERED, created_at__gt=since)
+              # Charged answers: a repeat released nothing new (and keeps no population).
+              .filter(user=user, outcome=PartnerQuery.Outcome.ANSWERED, created_at__gt=since,
+                      epsilon_charged__gt=0)
               .order_by("-created_at", "-id")
               .values("id")[:settings.PARTNER_AUDIT_QUERIES])
     size = len(population)
@@ -184,8 +186,30 @@ def _overlaps(user: User, population: BitMap64, now: dt.datetime) -> bool:
     return False
 
 
+def _repeat_answer(*, user: User, token: ApiToken | None, endpoint: str, params: dict,
+                   fingerprint: str) -> dict | None:
+    """The logged answer of the same question asked before (logged again, for nothing), or
+    None. Runs under the partner's lock, in the caller's transaction."""
+    earlier = (PartnerQuery.objects
+               .filter(user=user, fingerprint=fingerprint,
+                       outcome=PartnerQuery.Outcome.ANSWERED)
+               .order_by("created_at", "id")
+               .values("released_result", "true_result", "data_digest", "patients").first())
+    if earlier is None:
+        return None
+    # Nothing new leaves, so there is nothing to audit: the population is not kept again.
+    PartnerQuery.objects.create(
+        user=user, token=token, endpoint=endpoint, params=_without_nul(params),
+        fingerprint=fingerprint, data_digest=earlier["data_digest"], population=b"",
+        patients=earlier["patients"], true_result=earlier["true_result"],
+        released_result=earlier["released_result"], outcome=PartnerQuery.Outcome.ANSWERED,
+        created_at=timezone.now())
+    return earlier["released_result"]
+
+
 def partner_query_answer(*, user: User, token: ApiToken | None, endpoint: str,
-                         params: dict, compute: Callable[[], RawAnswer]) -> dict:
+                         params: dict, compute: Callable[[], RawAnswer],
+                         snapshot_at: str | None = None) -> dict:
     """The released answer of a partner query (research.partner.control's JSON), logged.
 
     `params` are the validated parameters: with the endpoint and the snapshot's time they are
@@ -197,9 +221,22 @@ def partner_query_answer(*, user: User, token: ApiToken | None, endpoint: str,
     transaction, so call it outside any transaction the error would roll back (an API view
     is: the project does not use ATOMIC_REQUESTS). An answered query whose population is 1 to
     MIN_CELL-1 patients from an earlier answered one is flagged in the log, and answered.
-    `compute` runs before the partner's lock is taken: only the bookkeeping is serialised."""
+    `compute` runs before the partner's lock is taken: only the bookkeeping is serialised.
+    With `snapshot_at` (the time of the snapshot `compute` reads) a repeat is answered from the
+    log before anything is computed."""
+    if snapshot_at is not None:
+        fingerprint = query_fingerprint(endpoint=endpoint, params=params,
+                                        snapshot_at=snapshot_at)
+        with transaction.atomic():
+            _lock_partner(user)
+            repeated = _repeat_answer(user=user, token=token, endpoint=endpoint,
+                                      params=params, fingerprint=fingerprint)
+        if repeated is not None:
+            return repeated
     with transaction.atomic():
         raw = compute()
+        if snapshot_at is not None and raw.snapshot_at != snapshot_at:
+            raise ValueError("compute() read another snapshot than snapshot_at names.")
         fingerprint = query_fingerprint(endpoint=endpoint, params=params,
                                         snapshot_at=raw.snapshot_at)
         population = _population_bitmap(raw.population)
@@ -211,16 +248,10 @@ def partner_query_answer(*, user: User, token: ApiToken | None, endpoint: str,
         _lock_partner(user)
         now = timezone.now()
         log.created_at = now
-        earlier = (PartnerQuery.objects
-                   .filter(user=user, fingerprint=fingerprint,
-                           outcome=PartnerQuery.Outcome.ANSWERED)
-                   .order_by("created_at", "id").values_list("released_result", flat=True)
-                   .first())
-        if earlier is not None:
-            # Nothing new leaves, so there is nothing to audit.
-            log.outcome, log.released_result = PartnerQuery.Outcome.ANSWERED, earlier
-            log.save()
-            return earlier
+        repeated = _repeat_answer(user=user, token=token, endpoint=endpoint, params=params,
+                                  fingerprint=fingerprint)
+        if repeated is not None:
+            return repeated
         charge = float(settings.PARTNER_EPSILON) * max(1, int(raw.sensitivity))
         charges = _window_charges(user, now)
         refusal: Exception | None = None

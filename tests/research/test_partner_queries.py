@@ -402,3 +402,29 @@ def test_the_registry_admin_lists_the_flagged_queries(client, pat, ada):
     assert list(page.context["cl"].result_list) == [flagged]
     page = client.get(url, {"overlap_flagged__exact": "0"})
     assert list(page.context["cl"].result_list) == [plain]
+
+
+def test_a_repeat_named_by_its_snapshot_is_answered_before_anything_is_computed(pat):
+    raw = answer_over(range(1000, 1200), attribute=range(1000, 1080))
+    computed = []
+
+    def compute():
+        computed.append(1)
+        return raw
+    first = partner_query_answer(user=pat, token=None, endpoint="aggregates",
+                                 params={"by": "cohort"}, compute=compute,
+                                 snapshot_at=raw.snapshot_at)
+    again = partner_query_answer(user=pat, token=None, endpoint="aggregates",
+                                 params={"by": "cohort"}, compute=compute,
+                                 snapshot_at=raw.snapshot_at)
+    assert again == first and computed == [1]
+    assert logged(pat) == [(Outcome.ANSWERED, 0.5), (Outcome.ANSWERED, 0.0)]
+    one, two = PartnerQuery.objects.filter(user=pat).order_by("created_at", "id")
+    assert two.true_result == one.true_result and two.data_digest == one.data_digest
+    assert two.patients == 200 and bytes(two.population) == b""
+    # A compute that reads another snapshot than the one named is a programming error.
+    with pytest.raises(ValueError, match="another snapshot"):
+        partner_query_answer(user=pat, token=None, endpoint="aggregates",
+                             params={"by": "other"}, compute=compute,
+                             snapshot_at="2020-01-01T00:00:00+00:00")
+    assert PartnerQuery.objects.filter(user=pat).count() == 2
