@@ -8,7 +8,6 @@ model definition and predictions.feature_schema.NUMERIC_DOMAINS), never listed b
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 from django.utils.translation import gettext_lazy as _
@@ -19,10 +18,11 @@ from drf_spectacular.utils import (
 from rest_framework import serializers
 from rest_framework.exceptions import ValidationError
 
-from predictions.feature_schema import BINARY, INTEGER, KINDS, NUMERIC_DOMAINS, shown_name
+from predictions.feature_schema import BINARY, INTEGER, KINDS, NUMERIC_DOMAINS
 from predictions.ml.definitions import DEFINITIONS, RiskModelDefinition
 from predictions.models import AliasMove
 from predictions.selectors.scoring import REF, REF_MAX_LENGTH, SCORE_BATCH_MAX
+from registry.api.inputs import StrictInput
 
 TIER_KEYS = sorted({t.key for d in DEFINITIONS.values() for t in d.tiers})
 ACTION_KEYS = sorted({t.action for d in DEFINITIONS.values() for t in d.tiers})
@@ -83,26 +83,10 @@ class CyclesField(serializers.Field):
         return value
 
 
-class ScoreInput(serializers.Serializer):
+class ScoreInput(StrictInput):
     """{"cycles": [...]}, nothing else."""
 
     cycles = CyclesField()
-
-    def to_internal_value(self, data: Any) -> dict:
-        unknown = ([key for key in data if key not in self.fields]
-                   if isinstance(data, Mapping) else [])
-        errors: dict[str, list] = {}
-        try:
-            value = super().to_internal_value(data)
-        except ValidationError as refused:
-            if not unknown or not isinstance(refused.detail, dict):
-                raise
-            errors = dict(refused.detail)
-        for key in unknown:
-            errors[shown_name(key)] = [_("Unknown field; the body is {\"cycles\": [...]}.")]
-        if errors:
-            raise ValidationError(errors)
-        return value
 
 
 # -- output -------------------------------------------------------------------------------------

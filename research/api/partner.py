@@ -25,13 +25,14 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from registry.api.inputs import StrictInput
 from registry.api.permissions import HasScope
 from registry.api.schema import error_responses
 from registry.api.scopes import Scope
 from registry.models import Site
 from registry.models.terminology import Domain
 from research import limits as L
-from research.api.serializers import StrictInput, TextField
+from research.api.serializers import TextField
 from research.criteria import CODE_PATTERN, STAGE_PATTERN
 from research.partner.aggregates import aggregate_raw
 from research.partner.answer import RawAnswer

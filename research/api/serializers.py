@@ -8,17 +8,15 @@ so an input here checks types and sizes, not the committee's rules a second time
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 from django.contrib.auth.models import User
 from django.urls import reverse
-from django.utils.translation import gettext_lazy as _
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field, extend_schema_serializer
 from rest_framework import serializers
-from rest_framework.exceptions import ValidationError
 
+from registry.api.inputs import StrictInput
 from registry.models import Site
 from research import catalog
 from research import limits as L
@@ -32,8 +30,6 @@ from research.models import (
     VoteChoice,
 )
 
-# How much of an unknown field's name an error message repeats.
-UNKNOWN_NAME_SHOWN = 60
 SITE_CODE_MAX_LENGTH = Site._meta.get_field("code").max_length
 USERNAME_MAX_LENGTH = User._meta.get_field("username").max_length
 
@@ -46,30 +42,6 @@ class TextField(serializers.CharField):
         if not isinstance(data, str):
             self.fail("invalid")
         return super().to_internal_value(data)
-
-
-class StrictInput(serializers.Serializer):
-    """An Input that refuses the fields it does not know, each named, with every other problem
-    of the input in the same answer."""
-
-    def to_internal_value(self, data: Any) -> dict:
-        unknown = ([str(key)[:UNKNOWN_NAME_SHOWN] for key in data if key not in self.fields]
-                   if isinstance(data, Mapping) else [])
-        try:
-            value = super().to_internal_value(data)
-        except ValidationError as refused:
-            if not unknown or not isinstance(refused.detail, dict):
-                raise
-            errors = dict(refused.detail)
-        else:
-            if not unknown:
-                return value
-            errors = {}
-        message = _("Unknown field; the fields are %(fields)s.") % {
-            "fields": ", ".join(self.fields)}
-        for name in unknown:
-            errors[name] = [message]
-        raise ValidationError(errors)
 
 
 # -- the variable catalog -----------------------------------------------------------------------
