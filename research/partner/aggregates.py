@@ -48,9 +48,19 @@ from research.partner.dimensions import (
 from research.partner.snapshot import Snapshot
 
 TABLE = "cells"
-# The most cells one patient can count in, by grouping level: what disclosure control charges.
+# The most cells one patient can count in, by grouping level. What disclosure control charges
+# is this times the count columns (an incidence table's patient counts in both of its columns):
+# sensitivity_of.
 SENSITIVITY = {PATIENT: 1, REGIMEN: MAX_LINES_COUNTED, CYCLE: MAX_LINES_COUNTED
                * MAX_CYCLES_COUNTED}
+# Count columns of each measure's table.
+COUNT_COLUMNS = {"patients": 1, "incidence": 2}
+
+
+def sensitivity_of(spec: dict) -> int:
+    """The most released counts one patient can change in the answer to `spec`: from the
+    question alone (the partner reads the budget it is charged)."""
+    return SENSITIVITY[grouping_level(spec["by"])] * COUNT_COLUMNS[spec["measure"]]
 
 
 def grouping_level(by: list[str]) -> str:
@@ -168,7 +178,7 @@ def aggregate_raw(snapshot: Snapshot, spec: dict) -> RawAnswer:
     # The snapshot's patients are in id order: the flagged ones are the sorted population.
     population = snapshot.patient_ids[_flags(n_patients, unit_pidx)]
     return RawAnswer(population=population, tables={TABLE: table}, rates=rates,
-                     sensitivity=SENSITIVITY[level],
+                     sensitivity=sensitivity_of(spec),
                      snapshot_at=snapshot.snapshot_at.isoformat())
 
 

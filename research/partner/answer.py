@@ -70,8 +70,9 @@ class RawAnswer:
     - `tables`: name -> DataFrame of cells (grouping columns, count columns and their digest
       columns, see the module's docstring);
     - `rates`: table name -> {rate column: (numerator count column, denominator count column)};
-    - `sensitivity`: the most cells of one table one patient can count in (1 when the grouping
-      puts each patient in one cell); the privacy budget is charged epsilon times this, and the
+    - `sensitivity`: the most released counts one patient can change, over every table and
+      count column (1 for one count column of a grouping that puts each patient in one cell);
+      the privacy budget is charged epsilon times this, and the
       partner reads the budget, so it must follow from the question (the parameters), never
       from the data;
     - `snapshot_at`: the time of the analysis snapshot the query read (ISO 8601).

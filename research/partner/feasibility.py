@@ -92,5 +92,7 @@ def feasibility_raw(snapshot: Snapshot, criteria: dict) -> RawAnswer:
         table[PATIENTS + DIGEST_SUFFIX] = set_digests(codes[valid], patient_ids[valid],
                                                       len(values))
         tables[name] = table
-    return RawAnswer(population=np.unique(patient_ids), tables=tables, sensitivity=1,
+    # A patient counts once in each table (one tier, one region).
+    return RawAnswer(population=np.unique(patient_ids), tables=tables,
+                     sensitivity=len(tables),
                      snapshot_at=snapshot.snapshot_at.isoformat())

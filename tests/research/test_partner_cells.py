@@ -337,7 +337,8 @@ def assert_cells_match(world, spec: dict) -> None:
     assert len(seen) == len(table)  # each cell once
     everyone = set().union(*counted.values()) if counted else set()
     assert list(raw.population) == sorted(everyone)
-    assert raw.sensitivity == SENSITIVITY[grouping_level(spec["by"])]
+    assert raw.sensitivity == SENSITIVITY[grouping_level(spec["by"])] * (
+        2 if spec["measure"] == "incidence" else 1)
 
 
 # -- counts per cell ---------------------------------------------------------------------------
@@ -424,7 +425,8 @@ def test_a_patient_counts_in_at_most_three_regimens_and_six_cycles(world):
     spec = {"measure": "incidence", "by": ["regimen", "cycle_number"], "filters": {},
             "term": NEUTROPENIA, "min_grade": 1}
     raw = aggregate_raw(snap, spec)
-    assert raw.sensitivity == MAX_LINES_COUNTED * MAX_CYCLES_COUNTED == 18
+    # 18 cells, each with two counts a patient can be in (treated, with the event).
+    assert raw.sensitivity == 2 * MAX_LINES_COUNTED * MAX_CYCLES_COUNTED == 36
     per_patient_regimens = snap.regimens.groupby("pidx").size()
     assert per_patient_regimens.max() <= MAX_LINES_COUNTED
     # Some patient had more lines (and more cycles) than are counted.
@@ -436,7 +438,7 @@ def test_a_patient_counts_in_at_most_three_regimens_and_six_cycles(world):
     for patients in counted.values():
         for pid in patients:
             cells_of[pid] += 1
-    assert max(cells_of.values()) <= raw.sensitivity
+    assert max(cells_of.values()) <= raw.sensitivity // 2
     assert raw.tables["cells"]["patients"].sum() == sum(cells_of.values())
     regimen_only = aggregate_raw(snap, {"measure": "patients", "by": ["regimen"],
                                         "filters": {}})
@@ -527,7 +529,7 @@ def test_feasibility_counts_equal_the_orm_count(world, criteria):
             assert row["patients" + DIGEST_SUFFIX] == set_digest(np.array(expected,
                                                                           dtype=np.int64))
         assert table["patients"].sum() == len(matching)
-    assert raw.sensitivity == 1
+    assert raw.sensitivity == 2  # once in each of the two tables
 
 
 # -- the snapshot's lifetime -------------------------------------------------------------------
@@ -699,8 +701,8 @@ def test_incidence_per_regimen_and_cycle_over_http(partner_api, partner_queries)
     assert {r["cycle_number"] for r in rows} == set(range(1, 7))
     assert all(r["patients"] is None and r["incidence"] is None for r in rows)
     logged = _logged(partner_api.user)
-    assert logged.true_result["sensitivity"] == 18
-    assert logged.epsilon_charged == pytest.approx(18 * settings.PARTNER_EPSILON)
+    assert logged.true_result["sensitivity"] == 36
+    assert logged.epsilon_charged == pytest.approx(36 * settings.PARTNER_EPSILON)
     assert all(r["patients"] == 0 and r["patients_with_event"] == 0
                for r in logged.true_result["tables"]["cells"])
 
