@@ -25,7 +25,6 @@ import numpy as np
 import pandas as pd
 from django.http import Http404
 from django.utils.translation import gettext as _
-from threadpoolctl import ThreadpoolController
 
 from predictions import labels
 from predictions.feature_schema import (
@@ -43,11 +42,6 @@ from predictions.models import Alias, AliasMove, ModelVersion
 from predictions.services.scoring import tiers_of
 from predictions.services.versions import version_load
 from registry.errors import RegistryError, ValidationFailed
-
-# Native threads of one API prediction (see cycles_score). The controller finds the native
-# thread pools once: finding them on every request cost 4 ms.
-SCORE_THREADS = 1
-_THREAD_POOLS = ThreadpoolController()
 
 logger = logging.getLogger(__name__)
 
@@ -277,11 +271,9 @@ def cycles_score(served: Served, frame: pd.DataFrame, refs: Sequence[str | None]
     """Probability, tier and recommended action of each cycle (one prediction for the batch);
     the labels in the active language. Nothing is written."""
     definition = DEFINITIONS[served.version.risk_model]
-    # One thread: a web process already answers requests in parallel, and gradient boosting's
-    # OpenMP threads cost more to start than one request's prediction (111 ms against 10 ms
-    # for one cycle on two cores, see `benchmark api`).
-    with _THREAD_POOLS.limit(limits=SCORE_THREADS):
-        p = np.clip(served.model.predict_proba(frame), 0.0, 1.0)
+    # Native threads: one per web process (registry/wsgi.py sets it before the libraries load,
+    # where a per-request limit would race between a process's threads).
+    p = np.clip(served.model.predict_proba(frame), 0.0, 1.0)
     tiers, actions = tiers_of(definition, p)
     name = definition.name
     tier_labels = {t.key: labels.label(labels.TIER_LABELS, (name, t.key))
