@@ -177,8 +177,10 @@ def _release_table(table: pd.DataFrame, rates: dict[str, tuple[str, str]], *,
             cell[f"{column}{TEXT_SUFFIX}"] = HIDDEN_TEXT if value is None else f"{value:,}"
         for rate, (numerator, denominator) in sorted(rates.items()):
             num, den = released[numerator][i], released[denominator][i]
+            # A proportion: independent noise may put the numerator above the denominator,
+            # and a rate above 1 means nothing (clipping is post-processing: no privacy cost).
             cell[rate] = (None if num is None or den is None or den == 0
-                          else round(num / den, RATE_DIGITS))
+                          else round(min(1.0, num / den), RATE_DIGITS))
         any_hidden += any(values[i] is None for values in released.values())
         cells.append(cell)
     return {"cells": cells, "totals": totals, "totals_note": TOTALS_NOTE,

@@ -35,7 +35,7 @@ from django.conf import settings
 from django.contrib.auth.models import User
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import connection, transaction
-from django.db.models import Subquery
+from django.db.models import F, Subquery
 from django.utils import timezone
 from django.utils.translation import gettext as _
 from pyroaring import BitMap64
@@ -124,7 +124,7 @@ def _lock_partner(user: User) -> None:
         with connection.cursor() as cursor:
             cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", [_LOCK_SPACE, user.pk])
     else:  # SQLite (the embedded demo) serialises writers itself; this takes its write lock
-        User.objects.select_for_update().filter(pk=user.pk).update(pk=user.pk)
+        User.objects.filter(pk=user.pk).update(id=F("id"))
 
 
 def _without_nul(value: Any) -> Any:

@@ -136,7 +136,8 @@ def test_a_rate_is_never_built_on_a_hidden_count(rows):
         if cell["events"] is None or cell["patients"] is None:
             assert cell["event_rate"] is None
         else:
-            assert cell["event_rate"] == round(cell["events"] / cell["patients"], 4)
+            assert cell["event_rate"] == round(min(1.0, cell["events"] / cell["patients"]), 4)
+            assert 0.0 <= cell["event_rate"] <= 1.0
 
 
 @settings(max_examples=100, deadline=None)

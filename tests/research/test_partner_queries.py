@@ -428,3 +428,14 @@ def test_a_repeat_named_by_its_snapshot_is_answered_before_anything_is_computed(
                              params={"by": "other"}, compute=compute,
                              snapshot_at="2020-01-01T00:00:00+00:00")
     assert PartnerQuery.objects.filter(user=pat).count() == 2
+
+
+def test_the_embedded_databases_lock_is_a_write_to_the_partners_row(pat, monkeypatch):
+    """SQLite (`make demo`) has no advisory locks: the partner's row is written (unchanged) to
+    take the database's write lock. The statement is checked here on the test database."""
+    from research.services import partner_queries
+
+    monkeypatch.setattr(partner_queries.connection, "vendor", "sqlite")
+    before = type(pat).objects.values().get(pk=pat.pk)
+    partner_queries._lock_partner(pat)
+    assert type(pat).objects.values().get(pk=pat.pk) == before
