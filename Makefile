@@ -32,12 +32,13 @@ demo: $(VENV)/.installed
 	@echo "Serving on http://127.0.0.1:8000 (Ctrl-C to stop)"
 	$(BIN)/python manage.py runserver 127.0.0.1:8000
 
-## test: the whole suite; on PostgreSQL and Redis when set or reachable on 127.0.0.1
+## test: the whole suite, with branch coverage of services and views; on PostgreSQL and Redis
+## when set or reachable on 127.0.0.1
 test: $(VENV)/.installed-dev
 	eval "$$($(BIN)/python -m registry.devservices)"; \
 	echo "database: $${DATABASE_URL:-SQLite (PostgreSQL-only tests will be skipped)}"; \
 	echo "redis: $${REDIS_URL:-none (worker tests will be skipped)}"; \
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --cov --cov-report=term
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check .
